@@ -1,0 +1,1 @@
+//! keyrotor: generates and rotates JWT signing keys in Kubernetes.
