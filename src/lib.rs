@@ -1,1 +1,2 @@
 //! keyrotor: generates and rotates JWT signing keys in Kubernetes.
+pub mod metrics;
