@@ -1,2 +1,3 @@
 //! keyrotor: generates and rotates JWT signing keys in Kubernetes.
+pub mod leader;
 pub mod metrics;
