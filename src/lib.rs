@@ -1,3 +1,8 @@
 //! keyrotor: generates and rotates JWT signing keys in Kubernetes.
+pub mod jwks;
+pub mod keys;
 pub mod leader;
 pub mod metrics;
+pub mod plan;
+pub mod ring;
+pub mod secret;
