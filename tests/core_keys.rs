@@ -168,6 +168,9 @@ fn certificates_are_deterministic_and_match_x5t() {
         public.x5c = Some(vec![a.x5c()]);
         public.x5t_s256 = Some(a.x5t_s256());
         public.validate().unwrap();
-        assert!(a.x5c().len().is_multiple_of(4), "x5c is padded standard base64");
+        assert!(
+            a.x5c().len().is_multiple_of(4),
+            "x5c is padded standard base64"
+        );
     }
 }
