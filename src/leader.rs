@@ -67,7 +67,20 @@ impl LeaseConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), LeaderError> {
+    /// Scales the timing to another lease duration, in the default proportions: renew
+    /// every third of it, step down after two thirds without a renewal, check every 2/15.
+    pub fn with_lease_duration(self, lease_duration: Duration) -> Self {
+        Self {
+            lease_duration,
+            renew_interval: lease_duration / 3,
+            renew_deadline: lease_duration * 2 / 3,
+            retry_period: (lease_duration * 2 / 15).max(Duration::from_millis(100)),
+            ..self
+        }
+    }
+
+    /// Checks that no timing lets two replicas lead at once.
+    pub fn validate(&self) -> Result<(), LeaderError> {
         let invalid = |why: &str| Err(LeaderError::InvalidConfig(why.to_owned()));
         if self.identity.is_empty() {
             return invalid("identity must not be empty");
@@ -469,6 +482,18 @@ mod tests {
         let mut config = LeaseConfig::new("ns", "keyrotor", "pod-a");
         config.retry_period = Duration::ZERO;
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn scaled_timing_keeps_the_default_proportions() {
+        let config = LeaseConfig::new("ns", "keyrotor", "pod-a")
+            .with_lease_duration(Duration::from_secs(15));
+        assert_eq!(config, LeaseConfig::new("ns", "keyrotor", "pod-a"));
+        let config = LeaseConfig::new("ns", "keyrotor", "pod-a")
+            .with_lease_duration(Duration::from_secs(60));
+        assert_eq!(config.renew_interval, Duration::from_secs(20));
+        assert_eq!(config.renew_deadline, Duration::from_secs(40));
+        config.validate().unwrap();
     }
 
     #[test]
