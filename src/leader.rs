@@ -432,6 +432,31 @@ impl Campaign {
     }
 }
 
+/// Runs the future made by `start` only while `leader` is `true`: starts it when the
+/// lease is acquired, drops it (cancelling its in-flight requests) the moment the lease
+/// is lost, and starts a fresh one on re-acquisition. Returns when `leader`'s sender is
+/// gone, or when the work itself ends (its output is returned).
+pub async fn while_leader<F, Fut, T>(mut leader: watch::Receiver<bool>, mut start: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    loop {
+        if leader.wait_for(|leading| *leading).await.is_err() {
+            return None;
+        }
+        let work = start();
+        tokio::select! {
+            output = work => return Some(output),
+            lost = leader.wait_for(|leading| !*leading) => {
+                if lost.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// A replica identity: the pod name (from `POD_NAME` or `HOSTNAME`) plus a random
 /// suffix, so a restarted container never mistakes its predecessor's lease for its own.
 pub fn default_identity() -> String {
@@ -453,6 +478,8 @@ pub fn default_identity() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn default_timing_is_valid_and_ordered() {
@@ -494,6 +521,66 @@ mod tests {
         assert_eq!(config.renew_interval, Duration::from_secs(20));
         assert_eq!(config.renew_deadline, Duration::from_secs(40));
         config.validate().unwrap();
+    }
+
+    /// Sets its flag when dropped: shows that work was cancelled.
+    struct DropFlag(Arc<AtomicUsize>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn work_runs_only_while_leading_and_is_cancelled_at_once_on_loss() {
+        let (tx, rx) = watch::channel(false);
+        let started = Arc::new(AtomicUsize::new(0));
+        let cancelled = Arc::new(AtomicUsize::new(0));
+        let runner = tokio::spawn({
+            let (started, cancelled) = (started.clone(), cancelled.clone());
+            while_leader(rx, move || {
+                let (started, cancelled) = (started.clone(), cancelled.clone());
+                async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let _flag = DropFlag(cancelled);
+                    std::future::pending::<()>().await;
+                }
+            })
+        });
+        let settle = || tokio::time::sleep(Duration::from_millis(20));
+        settle().await;
+        assert_eq!(started.load(Ordering::SeqCst), 0, "started before leading");
+
+        tx.send_replace(true);
+        settle().await;
+        assert_eq!(started.load(Ordering::SeqCst), 1);
+        assert_eq!(cancelled.load(Ordering::SeqCst), 0);
+
+        tx.send_replace(false);
+        settle().await;
+        assert_eq!(
+            cancelled.load(Ordering::SeqCst),
+            1,
+            "work survived the loss"
+        );
+
+        tx.send_replace(true);
+        settle().await;
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            2,
+            "not restarted on re-acquisition"
+        );
+
+        drop(tx);
+        assert_eq!(runner.await.unwrap(), None);
+        assert_eq!(cancelled.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn work_that_ends_returns_its_output() {
+        let (_tx, rx) = watch::channel(true);
+        assert_eq!(while_leader(rx, || async { 7 }).await, Some(7));
     }
 
     #[test]
