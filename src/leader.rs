@@ -194,6 +194,8 @@ enum Attempt {
 struct Observation {
     resource_version: Option<String>,
     at: Instant,
+    /// The lease duration its holder wrote.
+    duration: Duration,
 }
 
 struct Campaign {
@@ -240,7 +242,9 @@ impl Campaign {
                         warn!(lease = %self.config.name, "lost the lease to another replica");
                     }
                     self.set_leader(false);
-                    next_attempt = Instant::now() + retry;
+                    // Check again after the retry period, or right when the holder's
+                    // lease expires if that is sooner.
+                    next_attempt = (Instant::now() + retry).min(self.other_expires_at());
                 }
                 Ok(Err(err)) => {
                     if leading_until.take().is_some() {
@@ -296,16 +300,6 @@ impl Campaign {
     /// holder's lease has gone unrenewed for its whole duration since then.
     fn observe_and_check_expired(&mut self, lease: &Lease) -> bool {
         let version = lease.metadata.resource_version.clone();
-        let now = Instant::now();
-        match &self.observed {
-            Some(seen) if seen.resource_version == version => {}
-            _ => {
-                self.observed = Some(Observation {
-                    resource_version: version,
-                    at: now,
-                })
-            }
-        }
         let duration = lease
             .spec
             .as_ref()
@@ -313,9 +307,28 @@ impl Campaign {
             .and_then(|secs| u64::try_from(secs).ok())
             .map(Duration::from_secs)
             .unwrap_or(self.config.lease_duration);
+        let now = Instant::now();
+        match &mut self.observed {
+            Some(seen) if seen.resource_version == version => seen.duration = duration,
+            _ => {
+                self.observed = Some(Observation {
+                    resource_version: version,
+                    at: now,
+                    duration,
+                })
+            }
+        }
         self.observed
             .as_ref()
-            .is_some_and(|seen| now.duration_since(seen.at) >= duration)
+            .is_some_and(|seen| now.duration_since(seen.at) >= seen.duration)
+    }
+
+    /// When the lease last observed expires, by this replica's clock.
+    fn other_expires_at(&self) -> Instant {
+        match &self.observed {
+            Some(seen) => seen.at + seen.duration,
+            None => Instant::now() + self.config.retry_period,
+        }
     }
 
     async fn try_acquire_or_renew(&mut self) -> Result<Attempt, kube::Error> {
