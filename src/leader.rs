@@ -30,6 +30,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::metrics::Metrics;
+
 /// Timing and identity of one elector.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseConfig {
@@ -132,6 +134,25 @@ impl std::fmt::Debug for LeaderElector {
 impl LeaderElector {
     /// Starts campaigning for the lease in the background.
     pub fn start(client: Client, config: LeaseConfig) -> Result<Self, LeaderError> {
+        Self::start_inner(client, config, None)
+    }
+
+    /// Like [`LeaderElector::start`], and keeps `metrics` informed: the `keyrotor_leader`
+    /// gauge, and standby readiness (a replica that is not leading is ready while its
+    /// checks of the Lease succeed).
+    pub fn start_with_metrics(
+        client: Client,
+        config: LeaseConfig,
+        metrics: Metrics,
+    ) -> Result<Self, LeaderError> {
+        Self::start_inner(client, config, Some(metrics))
+    }
+
+    fn start_inner(
+        client: Client,
+        config: LeaseConfig,
+        metrics: Option<Metrics>,
+    ) -> Result<Self, LeaderError> {
         config.validate()?;
         let (leader_tx, leader) = watch::channel(false);
         let (stop, stop_rx) = oneshot::channel();
@@ -139,6 +160,7 @@ impl LeaderElector {
             api: Api::namespaced(client, &config.namespace),
             config,
             leader: leader_tx,
+            metrics,
             known: None,
             observed: None,
         };
@@ -202,6 +224,7 @@ struct Campaign {
     api: Api<Lease>,
     config: LeaseConfig,
     leader: watch::Sender<bool>,
+    metrics: Option<Metrics>,
     /// The lease as this replica last read or wrote it.
     known: Option<Lease>,
     observed: Option<Observation>,
@@ -235,6 +258,7 @@ impl Campaign {
                     }
                     leading_until = Some(sent + self.config.renew_deadline);
                     self.set_leader(true);
+                    self.report(true, false);
                     next_attempt = sent + self.config.renew_interval;
                 }
                 Ok(Ok(Attempt::HeldByOther)) => {
@@ -242,6 +266,7 @@ impl Campaign {
                         warn!(lease = %self.config.name, "lost the lease to another replica");
                     }
                     self.set_leader(false);
+                    self.report(false, true);
                     // Check again after the retry period, or right when the holder's
                     // lease expires if that is sooner.
                     next_attempt = (Instant::now() + retry).min(self.other_expires_at());
@@ -253,6 +278,7 @@ impl Campaign {
                         debug!(lease = %self.config.name, error = %err, "lease attempt failed");
                     }
                     self.set_leader(false);
+                    self.report(false, false);
                     next_attempt = Instant::now() + retry;
                 }
                 Err(_elapsed) => {
@@ -260,12 +286,14 @@ impl Campaign {
                         warn!(lease = %self.config.name, "lease renewal deadline passed, stepping down");
                     }
                     self.set_leader(false);
+                    self.report(false, false);
                     next_attempt = Instant::now() + retry;
                 }
             }
         }
         let was_leader = *self.leader.borrow();
         self.set_leader(false);
+        self.report(false, false);
         if was_leader {
             self.release().await;
         }
@@ -277,6 +305,13 @@ impl Campaign {
             *current = leader;
             changed
         });
+    }
+
+    fn report(&self, leader: bool, standby_ready: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.set_leader(leader);
+            metrics.set_standby_ready(standby_ready);
+        }
     }
 
     fn now() -> MicroTime {

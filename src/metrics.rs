@@ -171,6 +171,7 @@ struct Inner {
     leader: Gauge,
     policies: Arc<PolicyCollector>,
     ready: AtomicBool,
+    standby_ready: AtomicBool,
 }
 
 /// The operator's metrics and readiness state; cheap to clone and share.
@@ -264,6 +265,7 @@ impl Metrics {
                 leader,
                 policies,
                 ready: AtomicBool::new(false),
+                standby_ready: AtomicBool::new(false),
             }),
         }
     }
@@ -356,9 +358,17 @@ impl Metrics {
         self.inner.ready.store(true, Ordering::Release);
     }
 
-    /// Whether [`Metrics::mark_ready`] has been called.
+    /// Marks a standby replica ready (or not): it is not leading, so its controllers do
+    /// not run, but its last look at the election Lease succeeded. A standby must pass
+    /// readiness, or a rolling update would wait forever for the new pod.
+    pub fn set_standby_ready(&self, ready: bool) {
+        self.inner.standby_ready.store(ready, Ordering::Release);
+    }
+
+    /// Ready: the controllers' watches have synced once ([`Metrics::mark_ready`]), or
+    /// this replica is a healthy standby ([`Metrics::set_standby_ready`]).
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
+        self.inner.ready.load(Ordering::Acquire) || self.inner.standby_ready.load(Ordering::Acquire)
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric.
@@ -697,6 +707,19 @@ mod tests {
             ),
             Some(0.0)
         );
+    }
+
+    #[test]
+    fn a_healthy_standby_is_ready_before_any_sync() {
+        let metrics = Metrics::new();
+        assert!(!metrics.is_ready());
+        metrics.set_standby_ready(true);
+        assert!(metrics.is_ready());
+        // Became leader: ready again only once its own watches have synced.
+        metrics.set_standby_ready(false);
+        assert!(!metrics.is_ready());
+        metrics.mark_ready();
+        assert!(metrics.is_ready());
     }
 
     async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
