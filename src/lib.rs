@@ -1,4 +1,5 @@
 //! keyrotor: generates and rotates JWT signing keys in Kubernetes.
+pub mod api;
 pub mod jwks;
 pub mod keys;
 pub mod leader;
