@@ -351,6 +351,9 @@ pub struct KeyStatus {
     /// of a ring, a revocation, a recovery): verifiers may not have known it yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activated_without_prepublication: Option<String>,
+    /// Set on a public key recovered from a JWKS after the ring was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
 }
 
 /// The life of a key: Next → Active → Retired → removed.

@@ -1,0 +1,1077 @@
+//! The reconciler: gather → plan → apply for every `JwtSigningKey`.
+//!
+//! - Gather: the policy (from the watch cache), its Secret and its JWKS ConfigMap (read
+//!   fresh from the API server, so a plan never works from a stale ring).
+//! - Plan: [`crate::plan::step`], off the async runtime (RSA generation is slow).
+//! - Apply, in order, each only when it differs from what is there: the Secret (the
+//!   truth), the JWKS ConfigMap (the union of every policy naming it), the status.
+//!   Server-side apply with the field manager `keyrotor`, guarded by the
+//!   `resourceVersion` that was read.
+//! - Requeue at the plan's next transition time.
+//!
+//! Watches: JwtSigningKeys, and the metadata of keyrotor's own Secrets and ConfigMaps
+//! (label `app.kubernetes.io/managed-by=keyrotor`), so the caches never hold other
+//! Secrets, and never any Secret data.
+//!
+//! Deletion needs no finalizer: the Secret and a ConfigMap used by one policy are
+//! garbage-collected through their owner references. When one of several owners of a
+//! shared ConfigMap goes, the remaining ones are reconciled and render it without the
+//! departed policy's keys.
+
+pub mod render;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::{FutureExt, StreamExt, channel::mpsc};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
+use kube::api::{DeleteParams, Patch, PatchParams, PartialObjectMeta, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::Event as WatchEvent;
+use kube::runtime::{Controller, WatchStreamExt, metadata_watcher, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::api::{
+    Algorithm as SpecAlgorithm, JwtSigningKey, JwtSigningKeyStatus, ROTATE_REQUEST_ANNOTATION,
+    ResolvedPolicy,
+};
+use crate::jwks::JwksError;
+use crate::keys::{Algorithm, KeyGenerator, RsaBits, SystemKeyGenerator};
+use crate::metrics::{Metrics, PolicyGauges};
+use crate::plan::{self, Observed, PlanError, Policy, StepError, StoredRing, TargetObservation, Transition};
+use crate::ring::KeyState;
+use crate::secret;
+use render::{FIELD_MANAGER, MANAGED_SELECTOR, TargetContent};
+use status::{Repair, StatusInput, Verdicts};
+
+/// Shortest and longest requeue: never spin, never sleep past an hour (a safety net
+/// against a missed watch event; a wake-up with nothing due writes nothing).
+const MIN_REQUEUE: Duration = Duration::from_secs(1);
+const MAX_REQUEUE: Duration = Duration::from_secs(3600);
+/// How long to wait before looking again at a policy blocked by an object keyrotor
+/// must not touch.
+const BLOCKED_REQUEUE: Duration = Duration::from_secs(30);
+
+/// What the operator watches.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Namespaces to watch; empty: all namespaces.
+    pub namespaces: Vec<String>,
+}
+
+/// Why a reconcile failed. Messages never contain key material: Secret write errors
+/// keep only the API status code and reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("writing Secret {name}: API error {code} {reason}")]
+    SecretWrite {
+        name: String,
+        code: u16,
+        reason: String,
+    },
+    #[error("the {0} of the JwtSigningKey is missing")]
+    MissingField(&'static str),
+    #[error("key generation task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("planning: {0}")]
+    Step(#[from] StepError),
+    #[error("rendering the Secret: {0}")]
+    Secret(#[from] secret::SecretError),
+    #[error("rendering the JWKS: {0}")]
+    Jwks(#[from] JwksError),
+}
+
+impl Error {
+    /// A label for the reconcile error metric.
+    fn metric_reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
+            Error::Kube(_) | Error::SecretWrite { .. } => "api",
+            Error::MissingField(_) => "invalid_object",
+            Error::Task(_) | Error::Step(_) => "planning",
+            Error::Secret(_) | Error::Jwks(_) => "rendering",
+        }
+    }
+
+    fn is_conflict(&self) -> bool {
+        match self {
+            Error::Kube(kube::Error::Api(status)) => status.code == 409,
+            Error::SecretWrite { code, .. } => *code == 409,
+            _ => false,
+        }
+    }
+}
+
+/// The status last written per policy, with the resourceVersion the write was based on:
+/// while the watch cache still shows exactly that version, the cache is behind our own
+/// write, and the written status is the current one.
+struct WrittenStatus {
+    based_on: Option<String>,
+    status: JwtSigningKeyStatus,
+}
+
+type PolicyKey = (String, String);
+
+/// Shared state of one controller.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    metrics: Metrics,
+    policies: Store<JwtSigningKey>,
+    config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    generator: Arc<dyn KeyGenerator>,
+    /// One lock per JWKS ConfigMap: read-merge-write of a shared ConfigMap by two
+    /// policies at once would lose one side's keys.
+    jwks_locks: Mutex<HashMap<PolicyKey, Arc<tokio::sync::Mutex<()>>>>,
+    written_status: Mutex<HashMap<PolicyKey, WrittenStatus>>,
+    failures: Mutex<HashMap<PolicyKey, u32>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Context {
+    fn jwks_lock(&self, namespace: &str, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.jwks_locks)
+            .entry((namespace.to_owned(), name.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// The policy's status, accounting for a watch cache that has not yet seen our own
+    /// last status write.
+    fn current_status(&self, policy: &JwtSigningKey, key: &PolicyKey) -> Option<JwtSigningKeyStatus> {
+        let written = lock(&self.written_status);
+        match written.get(key) {
+            Some(w) if w.based_on.is_some() && w.based_on == policy.metadata.resource_version => {
+                Some(w.status.clone())
+            }
+            _ => policy.status.clone(),
+        }
+    }
+
+    /// Policies in `namespace` that publish to the ConfigMap `config_map`, by name, with
+    /// their JWKS key and owner reference. Policies being deleted are left out.
+    fn members(&self, namespace: &str, config_map: &str) -> BTreeMap<String, (String, OwnerReference)> {
+        self.policies
+            .state()
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| {
+                let name = p.metadata.name.clone()?;
+                let resolved = p.spec.resolve(&name).ok()?;
+                if resolved.config_map_name != config_map {
+                    return None;
+                }
+                let owner = render::owner_reference(p, false)?;
+                Some((name, (resolved.jwks_key, owner)))
+            })
+            .collect()
+    }
+
+    async fn publish(&self, policy: &JwtSigningKey, type_: EventType, reason: &str, note: String) {
+        let event = KubeEvent {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        match self.recorder.publish(&event, &policy.object_ref(&())).await {
+            Ok(()) => self.metrics.api_write("event"),
+            Err(e) => warn!(policy = %policy.name_any(), reason, error = %e, "could not publish an Event"),
+        }
+    }
+
+    async fn write_status(
+        &self,
+        policy: &JwtSigningKey,
+        key: &PolicyKey,
+        status: JwtSigningKeyStatus,
+    ) -> Result<(), kube::Error> {
+        let api: Api<JwtSigningKey> = Api::namespaced(self.client.clone(), &key.0);
+        let patch = serde_json::json!({
+            "apiVersion": JwtSigningKey::api_version(&()),
+            "kind": JwtSigningKey::kind(&()),
+            "status": status,
+        });
+        api.patch_status(&key.1, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await?;
+        self.metrics.api_write("status");
+        lock(&self.written_status).insert(
+            key.clone(),
+            WrittenStatus {
+                based_on: policy.metadata.resource_version.clone(),
+                status,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Runs the controllers while this replica leads (always, without `leadership`) until
+/// `shutdown` resolves. Losing the lease stops every write at once; regaining it starts
+/// afresh from the API server's state.
+pub async fn run_with_leadership(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    leadership: Option<watch::Receiver<bool>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let shutdown = shutdown.shared();
+    let Some(mut leadership) = leadership else {
+        metrics.set_leader(true);
+        run(client, &settings, metrics, shutdown).await;
+        return Ok(());
+    };
+    loop {
+        tokio::select! {
+            acquired = leadership.wait_for(|leader| *leader) => {
+                if acquired.is_err() {
+                    return Ok(());
+                }
+            }
+            () = shutdown.clone() => return Ok(()),
+        }
+        info!("leading: starting the controllers");
+        metrics.set_leader(true);
+        let lost = {
+            let mut leadership = leadership.clone();
+            async move {
+                let _ = leadership.wait_for(|leader| !*leader).await;
+            }
+        };
+        tokio::select! {
+            () = run(client.clone(), &settings, metrics.clone(), shutdown.clone()) => {
+                metrics.set_leader(false);
+                return Ok(());
+            }
+            () = lost => {
+                warn!("lost the leader lease: stopping every write");
+                metrics.set_leader(false);
+            }
+        }
+    }
+}
+
+/// Runs one controller per watched namespace (or one for all) until `shutdown`.
+pub async fn run(
+    client: Client,
+    settings: &Settings,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let generator: Arc<dyn KeyGenerator> = Arc::new(SystemKeyGenerator);
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let controllers = scopes.into_iter().map(|namespace| {
+        run_scope(
+            client.clone(),
+            namespace,
+            metrics.clone(),
+            generator.clone(),
+            shutdown.clone(),
+        )
+    });
+    futures::future::join_all(controllers).await;
+}
+
+fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client, namespace),
+        None => Api::all(client),
+    }
+}
+
+/// The policies whose ConfigMap an object event concerns: its owners and the policies
+/// its sources annotation names.
+fn config_map_policies(config_map: PartialObjectMeta<ConfigMap>) -> Vec<ObjectRef<JwtSigningKey>> {
+    let Some(namespace) = config_map.metadata.namespace.clone() else {
+        return Vec::new();
+    };
+    let mut names: BTreeSet<String> = config_map
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.kind == JwtSigningKey::kind(&()) && r.api_version == JwtSigningKey::api_version(&()))
+        .map(|r| r.name.clone())
+        .collect();
+    names.extend(
+        render::read_sources(&config_map.metadata)
+            .into_iter()
+            .flat_map(|sources| sources.into_keys()),
+    );
+    names
+        .into_iter()
+        .map(|name| ObjectRef::new(&name).within(&namespace))
+        .collect()
+}
+
+/// Builds and runs a controller for one namespace (or all) with the given generator;
+/// returns when `shutdown` resolves. Exposed so tests can run the operator in-process.
+pub async fn run_scope(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Metrics,
+    generator: Arc<dyn KeyGenerator>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let namespace = namespace.as_deref();
+    let policies: Api<JwtSigningKey> = scoped(client.clone(), namespace);
+    let secrets: Api<Secret> = scoped(client.clone(), namespace);
+    let config_maps: Api<ConfigMap> = scoped(client.clone(), namespace);
+    let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
+
+    let (policy_reader, policy_writer) = reflector::store();
+    let (config_map_reader, config_map_writer) = reflector::store();
+    // A deleted policy's ConfigMap partners must render without it.
+    let (partners_tx, partners_rx) = mpsc::unbounded::<ObjectRef<JwtSigningKey>>();
+
+    let ready_metrics = metrics.clone();
+    let gauge_metrics = metrics.clone();
+    let partner_store = policy_reader.clone();
+    let policy_stream = watcher(policies, watcher::Config::default())
+        .default_backoff()
+        .modify(|policy| policy.managed_fields_mut().clear())
+        .reflect(policy_writer)
+        .inspect(move |event| match event {
+            Ok(WatchEvent::InitDone) => ready_metrics.mark_ready(),
+            Ok(WatchEvent::Delete(gone)) => {
+                let (Some(ns), name) = (gone.namespace(), gone.name_any()) else {
+                    return;
+                };
+                gauge_metrics.remove_policy(&ns, &name);
+                let Ok(resolved) = gone.spec.resolve(&name) else {
+                    return;
+                };
+                for partner in partner_store.state() {
+                    let same_target = partner.namespace().as_deref() == Some(ns.as_str())
+                        && partner
+                            .spec
+                            .resolve(&partner.name_any())
+                            .is_ok_and(|p| p.config_map_name == resolved.config_map_name);
+                    if same_target {
+                        let _ = partners_tx.unbounded_send(ObjectRef::from_obj(&*partner));
+                    }
+                }
+            }
+            _ => {}
+        })
+        .applied_objects();
+    let config_map_stream = metadata_watcher(config_maps, managed.clone())
+        .default_backoff()
+        .modify(|config_map| config_map.managed_fields_mut().clear())
+        .reflect(config_map_writer)
+        .touched_objects();
+    let secret_stream = metadata_watcher(secrets, managed)
+        .default_backoff()
+        .touched_objects();
+
+    let context = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "keyrotor".to_owned(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        client,
+        metrics,
+        policies: policy_reader.clone(),
+        config_maps: config_map_reader,
+        generator,
+        jwks_locks: Mutex::default(),
+        written_status: Mutex::default(),
+        failures: Mutex::default(),
+    });
+
+    Controller::for_stream(policy_stream, policy_reader)
+        .owns_stream(secret_stream)
+        .watches_stream(config_map_stream, config_map_policies)
+        .reconcile_on(partners_rx)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(policy = %object, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile did not complete"),
+            }
+        })
+        .await;
+}
+
+fn error_policy(policy: Arc<JwtSigningKey>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = (policy.namespace().unwrap_or_default(), policy.name_any());
+    let failures = {
+        let mut failures = lock(&ctx.failures);
+        let count = failures.entry(key.clone()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    ctx.metrics.reconcile_failed(error.metric_reason());
+    let delay = if error.is_conflict() {
+        // Someone wrote between our read and our write: read again soon.
+        Duration::from_millis(200 * u64::from(failures.min(10)))
+    } else {
+        Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300))
+    };
+    warn!(policy = %format!("{}/{}", key.0, key.1), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn to_core_algorithm(algorithm: SpecAlgorithm) -> Algorithm {
+    match algorithm {
+        SpecAlgorithm::ES256 => Algorithm::ES256,
+        SpecAlgorithm::ES384 => Algorithm::ES384,
+        SpecAlgorithm::EdDSA => Algorithm::EdDSA,
+        SpecAlgorithm::RS256 => Algorithm::RS256,
+        SpecAlgorithm::PS256 => Algorithm::PS256,
+    }
+}
+
+fn time_delta(duration: Duration) -> TimeDelta {
+    TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
+}
+
+fn core_policy(resolved: &ResolvedPolicy, policy: &JwtSigningKey, namespace: &str, name: &str) -> Policy {
+    Policy {
+        alg: to_core_algorithm(resolved.algorithm),
+        rsa_bits: resolved
+            .rsa_bits
+            .and_then(RsaBits::from_bits)
+            .unwrap_or_default(),
+        rotation_interval: time_delta(resolved.rotation_interval),
+        max_token_lifetime: time_delta(resolved.max_token_lifetime),
+        propagation_delay: time_delta(resolved.propagation_delay),
+        paused: resolved.paused,
+        revoked: resolved.revoked_key_ids.iter().cloned().collect(),
+        certificate: resolved.certificate,
+        subject: format!("{namespace}/{name}"),
+        rotate_request: policy
+            .annotations()
+            .get(ROTATE_REQUEST_ANNOTATION)
+            .cloned(),
+    }
+}
+
+fn requeue_at(wake: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Action {
+    let delay = wake
+        .and_then(|at| (at - now).to_std().ok())
+        .unwrap_or(MAX_REQUEUE)
+        .clamp(MIN_REQUEUE, MAX_REQUEUE);
+    Action::requeue(delay)
+}
+
+/// A status is wiped when it holds neither keys nor conditions.
+fn is_blank(status: Option<&JwtSigningKeyStatus>) -> bool {
+    status.is_none_or(|s| s.keys.is_empty() && s.conditions.is_empty())
+}
+
+fn secret_data_bytes(secret: &Secret) -> Option<BTreeMap<String, Vec<u8>>> {
+    secret.data.as_ref().map(|data| {
+        data.iter()
+            .map(|(key, value)| (key.clone(), value.0.clone()))
+            .collect()
+    })
+}
+
+/// Sanitises a Secret write error: the API server's message is dropped, in case it
+/// ever echoes a value.
+fn secret_write_error(name: &str, error: kube::Error) -> Error {
+    match error {
+        kube::Error::Api(status) => Error::SecretWrite {
+            name: name.to_owned(),
+            code: status.code,
+            reason: status.reason.clone(),
+        },
+        other => Error::Kube(other),
+    }
+}
+
+async fn reconcile(policy: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started();
+    let namespace = policy.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = policy.name_any();
+    if policy.metadata.deletion_timestamp.is_some() {
+        // Garbage collection removes the Secret; partners re-render shared ConfigMaps.
+        return Ok(Action::await_change());
+    }
+    let key = (namespace.clone(), name.clone());
+    let now = Utc::now();
+    let current = ctx.current_status(&policy, &key);
+    let result = match policy.spec.resolve(&name) {
+        Ok(resolved) => reconcile_policy(&policy, &resolved, &ctx, &key, current, now).await,
+        Err(e) => {
+            let message = e.to_string();
+            let verdicts = status::invalid_spec(&message);
+            report_problem(&policy, &ctx, &key, current, verdicts, now, "InvalidSpec", &message)
+                .await?;
+            Ok(Action::await_change())
+        }
+    };
+    if result.is_ok() {
+        lock(&ctx.failures).remove(&key);
+    }
+    result
+}
+
+/// Writes a status for a policy that cannot be reconciled, with a Warning Event when
+/// the status changes.
+#[allow(clippy::too_many_arguments)]
+async fn report_problem(
+    policy: &JwtSigningKey,
+    ctx: &Context,
+    key: &PolicyKey,
+    current: Option<JwtSigningKeyStatus>,
+    verdicts: Verdicts,
+    now: DateTime<Utc>,
+    reason: &str,
+    message: &str,
+) -> Result<(), Error> {
+    let previous: &[Condition] = current.as_ref().map_or(&[], |s| s.conditions.as_slice());
+    let desired = status::status(
+        None,
+        current.as_ref(),
+        StatusInput {
+            generation: policy.metadata.generation,
+            previous,
+            verdicts,
+            new_repair: false,
+            lingering: None,
+            now,
+        },
+    );
+    if current.as_ref() != Some(&desired) {
+        ctx.write_status(policy, key, desired).await?;
+        ctx.publish(policy, EventType::Warning, reason, message.to_owned())
+            .await;
+    }
+    Ok(())
+}
+
+async fn reconcile_policy(
+    policy: &JwtSigningKey,
+    resolved: &ResolvedPolicy,
+    ctx: &Context,
+    key: &PolicyKey,
+    current: Option<JwtSigningKeyStatus>,
+    now: DateTime<Utc>,
+) -> Result<Action, Error> {
+    let (namespace, name) = (key.0.as_str(), key.1.as_str());
+    let uid = policy.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let config_map_name = resolved.config_map_name.as_str();
+    let target_name = format!("{namespace}/{config_map_name}");
+
+    // Gather: the Secret.
+    let existing_secret = secrets.get_opt(&resolved.secret_name).await?;
+    if let Some(existing) = &existing_secret
+        && !render::is_owned_by(&existing.metadata, &uid)
+    {
+        let message = if render::is_managed(&existing.metadata) {
+            format!(
+                "Secret {} belongs to another JwtSigningKey (an earlier one of this name may still be being deleted)",
+                resolved.secret_name
+            )
+        } else {
+            format!(
+                "Secret {} exists and is not managed by keyrotor; keyrotor will not overwrite it",
+                resolved.secret_name
+            )
+        };
+        let verdicts = status::failed("SecretConflict", &message);
+        report_problem(policy, ctx, key, current, verdicts, now, "SecretConflict", &message).await?;
+        return Ok(Action::requeue(BLOCKED_REQUEUE));
+    }
+    let stored = secret::stored_ring(existing_secret.as_ref().and_then(secret_data_bytes).as_ref());
+
+    // Gather: the JWKS ConfigMap, under its lock until it is written.
+    let jwks_lock = ctx.jwks_lock(namespace, config_map_name);
+    let jwks_guard = jwks_lock.lock().await;
+    let existing_config_map = config_maps.get_opt(config_map_name).await?;
+    if let Some(existing) = &existing_config_map
+        && !render::is_managed(&existing.metadata)
+    {
+        let message = format!(
+            "ConfigMap {config_map_name} exists and is not managed by keyrotor; keyrotor will not overwrite it"
+        );
+        let verdicts = status::failed("ConfigMapConflict", &message);
+        report_problem(policy, ctx, key, current, verdicts, now, "ConfigMapConflict", &message).await?;
+        return Ok(Action::requeue(BLOCKED_REQUEUE));
+    }
+    let mut members = ctx.members(namespace, config_map_name);
+    members.entry(name.to_owned()).or_insert_with(|| {
+        (
+            resolved.jwks_key.clone(),
+            render::owner_reference(policy, false).unwrap_or_default(),
+        )
+    });
+    let member_names: BTreeSet<String> = members.keys().cloned().collect();
+    let target = TargetContent::read(existing_config_map.as_ref(), &resolved.jwks_key);
+    let only_member = member_names.len() == 1;
+
+    // Plan.
+    let observed = Observed {
+        ring: stored.clone(),
+        targets: vec![TargetObservation {
+            name: target_name.clone(),
+            kids: target.kids(),
+        }],
+        recoverable: target.keys_of(name, only_member),
+        status_kids: current
+            .iter()
+            .flat_map(|s| s.keys.iter().map(|k| k.kid.clone()))
+            .collect(),
+    };
+    let planner_policy = core_policy(resolved, policy, namespace, name);
+    let generator = ctx.generator.clone();
+    let planned = tokio::task::spawn_blocking(move || {
+        plan::step(&planner_policy, &observed, now, generator.as_ref())
+    })
+    .await?;
+    let plan = match planned {
+        Ok(plan) => plan,
+        Err(StepError::Plan(PlanError::NewerRing(e))) => {
+            drop(jwks_guard);
+            let message = format!(
+                "Secret {} holds a key ring written by a newer keyrotor; not touching it ({e})",
+                resolved.secret_name
+            );
+            let verdicts = status::failed("NewerRing", &message);
+            report_problem(policy, ctx, key, current, verdicts, now, "NewerRing", &message).await?;
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    // Policies sharing a ConfigMap must agree on the data key; the first by name decides.
+    let shared_key = members
+        .values()
+        .next()
+        .map(|(jwks_key, _)| jwks_key.clone())
+        .unwrap_or_else(|| resolved.jwks_key.clone());
+    let mut problems: Vec<(&'static str, String)> = Vec::new();
+    if shared_key != resolved.jwks_key {
+        problems.push((
+            "JwksKeyConflict",
+            format!(
+                "ConfigMap {config_map_name} is shared and its other policies publish under key {shared_key:?}, not {:?}",
+                resolved.jwks_key
+            ),
+        ));
+    }
+
+    // Apply: the Secret first, it is the truth.
+    let data = secret::secret_data(&plan.ring, resolved.certificate)?;
+    let mut desired_secret = render::secret(policy, &resolved.secret_name, resolved.certificate, data);
+    let secret_current = existing_secret
+        .as_ref()
+        .is_some_and(|existing| render::secret_is_current(existing, &desired_secret));
+    if !secret_current {
+        desired_secret.metadata.resource_version = existing_secret
+            .as_ref()
+            .and_then(|s| s.metadata.resource_version.clone());
+        secrets
+            .patch(
+                &resolved.secret_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&desired_secret),
+            )
+            .await
+            .map_err(|e| secret_write_error(&resolved.secret_name, e))?;
+        ctx.metrics.api_write("secret");
+        debug!(policy = %name, secret = %resolved.secret_name, "Secret written");
+    }
+
+    // Apply: the JWKS ConfigMap.
+    let mut repairs = Vec::new();
+    let spec_unchanged = current
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .is_some_and(|g| Some(g) == policy.metadata.generation);
+    if let StoredRing::Present(ring) = &stored
+        && spec_unchanged
+        && !ring.keys.is_empty()
+        && problems.is_empty()
+    {
+        let mut written: Vec<String> = ring.public_jwks().into_iter().map(|k| k.kid).collect();
+        let mut found: Vec<String> = target
+            .keys_of(name, only_member)
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
+        written.sort();
+        found.sort();
+        if !target.exists {
+            repairs.push(Repair::JwksRestored {
+                target: target_name.clone(),
+            });
+        } else if written != found {
+            repairs.push(Repair::JwksRepaired {
+                target: target_name.clone(),
+            });
+        }
+    }
+    if problems.is_empty() {
+        match render::merge_target(name, &plan.publish, &target, &member_names) {
+            Ok(merged) => {
+                let owners: Vec<OwnerReference> =
+                    members.values().map(|(_, owner)| owner.clone()).collect();
+                let mut desired = render::config_map(
+                    namespace,
+                    config_map_name,
+                    &resolved.jwks_key,
+                    &merged,
+                    owners,
+                );
+                let current_map = existing_config_map
+                    .as_ref()
+                    .is_some_and(|existing| render::config_map_is_current(existing, &desired));
+                if !current_map {
+                    desired.metadata.resource_version = existing_config_map
+                        .as_ref()
+                        .and_then(|c| c.metadata.resource_version.clone());
+                    config_maps
+                        .patch(
+                            config_map_name,
+                            &PatchParams::apply(FIELD_MANAGER).force(),
+                            &Patch::Apply(&desired),
+                        )
+                        .await?;
+                    ctx.metrics.api_write("configmap");
+                    debug!(policy = %name, configmap = %config_map_name, "JWKS written");
+                }
+            }
+            Err(JwksError::TooLarge { keys, size, limit }) => problems.push((
+                "JwksTooLarge",
+                format!(
+                    "JWKS ConfigMap {config_map_name} would hold {keys} keys in {size} bytes, over the {limit}-byte limit; not written"
+                ),
+            )),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(jwks_guard);
+
+    // Apply: leave ConfigMaps this policy no longer publishes to.
+    leave_old_targets(ctx, namespace, name, &uid, config_map_name).await?;
+
+    // Apply: the status, only when it changed.
+    if is_blank(current.as_ref()) && matches!(&stored, StoredRing::Present(ring) if !ring.keys.is_empty()) {
+        repairs.push(Repair::StatusRestored);
+    }
+    let previous: &[Condition] = current.as_ref().map_or(&[], |s| s.conditions.as_slice());
+    let delay = time_delta(resolved.propagation_delay);
+    let lingering = if repairs.is_empty() {
+        status::lingering_repair(previous, delay, now)
+    } else {
+        None
+    };
+    let verdicts = status::judge(&plan, &target_name, &problems, &repairs);
+    let desired_status = status::status(
+        Some(&plan),
+        current.as_ref(),
+        StatusInput {
+            generation: policy.metadata.generation,
+            previous,
+            verdicts,
+            new_repair: !repairs.is_empty(),
+            lingering: lingering.as_ref().map(|(c, _)| c.clone()),
+            now,
+        },
+    );
+    if current.as_ref() != Some(&desired_status) {
+        ctx.write_status(policy, key, desired_status).await?;
+    }
+
+    // Report.
+    for transition in &plan.transitions {
+        announce(ctx, policy, namespace, name, transition).await;
+    }
+    for repair in &repairs {
+        warn!(policy = %format!("{namespace}/{name}"), reason = repair.reason(), "{}", repair.message());
+        ctx.publish(policy, EventType::Warning, repair.reason(), repair.message())
+            .await;
+    }
+    for (reason, message) in &problems {
+        if current
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == status::DEGRADED))
+            .is_none_or(|c| c.reason != *reason)
+        {
+            ctx.publish(policy, EventType::Warning, reason, message.clone())
+                .await;
+        }
+    }
+    ctx.metrics.set_policy_gauges(
+        namespace,
+        name,
+        PolicyGauges {
+            next_rotation: plan.next_rotation,
+            active_since: plan.ring.active().and_then(|k| k.activated_at),
+            keys_published: plan.publish.len(),
+        },
+    );
+
+    let mut wake = plan.wake_at;
+    let repair_window_end = match (&lingering, repairs.is_empty()) {
+        (Some((_, until)), _) => Some(*until),
+        (None, false) => Some(now + delay),
+        (None, true) => None,
+    };
+    if let Some(until) = repair_window_end {
+        wake = Some(wake.map_or(until, |w| w.min(until)));
+    }
+    Ok(requeue_at(wake, now))
+}
+
+/// Removes this policy from JWKS ConfigMaps it no longer names (after a change of
+/// `spec.jwks.configMapName`); deletes those left with no policy.
+async fn leave_old_targets(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    current_target: &str,
+) -> Result<(), Error> {
+    let stale: Vec<String> = ctx
+        .config_maps
+        .state()
+        .iter()
+        .filter(|cm| cm.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|cm| cm.metadata.name.as_deref() != Some(current_target))
+        .filter(|cm| {
+            render::is_owned_by(&cm.metadata, uid)
+                || render::read_sources(&cm.metadata).is_some_and(|s| s.contains_key(name))
+        })
+        .filter_map(|cm| cm.metadata.name.clone())
+        .collect();
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    for old in stale {
+        let jwks_lock = ctx.jwks_lock(namespace, &old);
+        let _guard = jwks_lock.lock().await;
+        let Some(existing) = config_maps.get_opt(&old).await? else {
+            continue;
+        };
+        if !render::is_managed(&existing.metadata) {
+            continue;
+        }
+        let mut members = ctx.members(namespace, &old);
+        members.remove(name);
+        if members.is_empty() {
+            let preconditions = Preconditions {
+                uid: existing.metadata.uid.clone(),
+                resource_version: existing.metadata.resource_version.clone(),
+            };
+            config_maps
+                .delete(&old, &DeleteParams::default().preconditions(preconditions))
+                .await?;
+            ctx.metrics.api_write("configmap");
+            info!(policy = %name, configmap = %old, "deleted a JWKS ConfigMap no policy publishes to any more");
+            continue;
+        }
+        let jwks_key = members
+            .values()
+            .next()
+            .map(|(k, _)| k.clone())
+            .unwrap_or_default();
+        let target = TargetContent::read(Some(&existing), &jwks_key);
+        let member_names: BTreeSet<String> = members.keys().cloned().collect();
+        let merged = render::merge_without(name, &target, &member_names)?;
+        let owners = members.into_values().map(|(_, owner)| owner).collect();
+        let mut desired = render::config_map(namespace, &old, &jwks_key, &merged, owners);
+        if !render::config_map_is_current(&existing, &desired) {
+            desired.metadata.resource_version = existing.metadata.resource_version.clone();
+            config_maps
+                .patch(&old, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
+                .await?;
+            ctx.metrics.api_write("configmap");
+            info!(policy = %name, configmap = %old, "removed this policy's keys from a JWKS ConfigMap it left");
+        }
+    }
+    Ok(())
+}
+
+/// Logs a transition, publishes its Event and counts rotations.
+async fn announce(ctx: &Context, policy: &JwtSigningKey, namespace: &str, name: &str, transition: &Transition) {
+    let (type_, reason, note) = describe(transition);
+    info!(policy = %format!("{namespace}/{name}"), reason, "{note}");
+    if let Transition::Activated {
+        exception,
+        requested,
+        ..
+    } = transition
+    {
+        let why = match (exception, requested) {
+            (Some(plan_exception), _) => match plan_exception {
+                crate::ring::ActivationException::FirstKey => "first_key",
+                crate::ring::ActivationException::Revocation => "revocation",
+                crate::ring::ActivationException::Recovery => "recovery",
+            },
+            (None, true) => "requested",
+            (None, false) => "scheduled",
+        };
+        ctx.metrics.rotation(namespace, name, why);
+    }
+    ctx.publish(policy, type_, reason, note).await;
+}
+
+/// The Event for a transition: type, reason, note. Kids only, never key material.
+fn describe(transition: &Transition) -> (EventType, &'static str, String) {
+    use EventType::{Normal, Warning};
+    match transition {
+        Transition::NextCreated { kid } => (
+            Normal,
+            "NextKeyCreated",
+            format!("generated key {kid}; published in the JWKS, not signing yet"),
+        ),
+        Transition::Published { kid } => (
+            Normal,
+            "KeyPublished",
+            format!("key {kid} observed in every target JWKS"),
+        ),
+        Transition::Unpublished { kid, targets } => (
+            Warning,
+            "KeyUnpublished",
+            format!(
+                "next key {kid} is missing from {}; its pre-publication starts again",
+                targets.join(", ")
+            ),
+        ),
+        Transition::Activated {
+            kid,
+            exception: Some(exception),
+            ..
+        } => (
+            Warning,
+            "KeyActivated",
+            format!(
+                "key {kid} signs now without full pre-publication ({exception}): verifiers may reject its tokens until the JWKS has propagated"
+            ),
+        ),
+        Transition::Activated {
+            kid,
+            requested: true,
+            ..
+        } => (
+            Normal,
+            "KeyActivated",
+            format!("key {kid} signs now (rotation requested by annotation)"),
+        ),
+        Transition::Activated { kid, .. } => (
+            Normal,
+            "KeyActivated",
+            format!("key {kid} signs now (scheduled rotation)"),
+        ),
+        Transition::Retired { kid } => (
+            Normal,
+            "KeyRetired",
+            format!("key {kid} retired: private key erased, public key stays in the JWKS until its tokens expire"),
+        ),
+        Transition::Removed { kid } => (
+            Normal,
+            "KeyRemoved",
+            format!("key {kid} left the JWKS: its last tokens have expired"),
+        ),
+        Transition::Revoked { kid, state } => (
+            Warning,
+            "KeyRevoked",
+            format!(
+                "key {kid} ({}) revoked: removed from the ring and the JWKS",
+                match state {
+                    KeyState::Next => "Next",
+                    KeyState::Active => "Active",
+                    KeyState::Retired => "Retired",
+                }
+            ),
+        ),
+        Transition::NextReplaced { kid } => (
+            Normal,
+            "NextKeyReplaced",
+            format!("next key {kid} no longer fits the policy and was replaced"),
+        ),
+        Transition::CertificateIssued { kid } => (
+            Normal,
+            "CertificateIssued",
+            format!("self-signed certificate issued for key {kid}"),
+        ),
+        Transition::RingRebuilt {
+            cause,
+            recovered,
+            lost,
+        } => (
+            Warning,
+            "RingRebuilt",
+            format!(
+                "key ring rebuilt ({cause}): {} public key(s) recovered from the JWKS{}",
+                recovered.len(),
+                if lost.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} could not be recovered: {}", lost.len(), lost.join(", "))
+                }
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requeue_is_clamped() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        assert_eq!(
+            requeue_at(Some(now + TimeDelta::milliseconds(10)), now),
+            Action::requeue(MIN_REQUEUE)
+        );
+        assert_eq!(
+            requeue_at(Some(now + TimeDelta::seconds(42)), now),
+            Action::requeue(Duration::from_secs(42))
+        );
+        assert_eq!(
+            requeue_at(Some(now + TimeDelta::days(3)), now),
+            Action::requeue(MAX_REQUEUE)
+        );
+        assert_eq!(requeue_at(None, now), Action::requeue(MAX_REQUEUE));
+        assert_eq!(
+            requeue_at(Some(now - TimeDelta::seconds(5)), now),
+            Action::requeue(MIN_REQUEUE)
+        );
+    }
+
+    #[test]
+    fn blank_status_means_wiped() {
+        assert!(is_blank(None));
+        assert!(is_blank(Some(&JwtSigningKeyStatus::default())));
+        let with_keys = JwtSigningKeyStatus {
+            key_count: Some(0),
+            conditions: vec![Condition::default()],
+            ..JwtSigningKeyStatus::default()
+        };
+        assert!(!is_blank(Some(&with_keys)));
+    }
+}
