@@ -47,7 +47,12 @@ struct RunArgs {
     context: Option<String>,
 
     /// Namespace to watch; repeat for several. Default: all namespaces.
-    #[arg(long = "namespace", short = 'n', env = "KEYROTOR_NAMESPACES", value_delimiter = ',')]
+    #[arg(
+        long = "namespace",
+        short = 'n',
+        env = "KEYROTOR_NAMESPACES",
+        value_delimiter = ','
+    )]
     namespaces: Vec<String>,
 
     /// Log line format.
@@ -106,9 +111,11 @@ async fn client_for(args: &RunArgs) -> Result<kube::Client, kube::Error> {
         None if args.context.is_some() => kube::Config::from_kubeconfig(&options)
             .await
             .map_err(kube::Error::InferKubeconfig)?,
-        None => kube::Config::infer().await.map_err(kube::Error::InferConfig)?,
+        None => kube::Config::infer()
+            .await
+            .map_err(kube::Error::InferConfig)?,
     };
-    kube::Client::try_from(config)
+    keyrotor::controller::client(config)
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM.
@@ -147,9 +154,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
         }
     };
 
-    let (metrics_addr, metrics_server) = metrics::bind(args.metrics_addr, metrics.clone(), stopped())
-        .await
-        .map_err(|e| e.to_string())?;
+    let (metrics_addr, metrics_server) =
+        metrics::bind(args.metrics_addr, metrics.clone(), stopped())
+            .await
+            .map_err(|e| e.to_string())?;
     info!(%metrics_addr, "serving /metrics, /healthz and /readyz");
     let metrics_task = tokio::spawn(metrics_server);
 
@@ -158,7 +166,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
             .lease_namespace
             .clone()
             .unwrap_or_else(|| "default".to_owned());
-        let config = LeaseConfig::new(namespace, args.lease_name.clone(), leader::default_identity());
+        let config = LeaseConfig::new(
+            namespace,
+            args.lease_name.clone(),
+            leader::default_identity(),
+        );
         info!(lease = %config.name, namespace = %config.namespace, identity = %config.identity, "leader election enabled");
         Some(leader::LeaderElector::start(client.clone(), config).map_err(|e| e.to_string())?)
     } else {
@@ -169,13 +181,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
         namespaces: args.namespaces.clone(),
     };
     let leadership = elector.as_ref().map(|e| e.subscribe());
-    let operator = controller::run_with_leadership(
-        client,
-        settings,
-        metrics.clone(),
-        leadership,
-        stopped(),
-    );
+    let operator =
+        controller::run_with_leadership(client, settings, metrics.clone(), leadership, stopped());
     tokio::pin!(operator);
     let result = tokio::select! {
         result = &mut operator => result.map_err(|e| e.to_string()),
@@ -189,10 +196,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
         }
     };
     let _ = stop_tx.send(true);
-    if let Some(elector) = elector {
-        if let Err(e) = elector.shutdown().await {
-            error!(error = %e, "leader election did not shut down cleanly");
-        }
+    if let Some(elector) = elector
+        && let Err(e) = elector.shutdown().await
+    {
+        error!(error = %e, "leader election did not shut down cleanly");
     }
     match metrics_task.await {
         Ok(Ok(())) => {}

@@ -53,6 +53,7 @@ fn setup(namespace: &str) {
         &[
             "apply",
             "--server-side",
+            "--force-conflicts",
             "--field-manager=keyrotor-tests",
             "-f",
             CRD_PATH,

@@ -30,12 +30,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use futures::{FutureExt, StreamExt, channel::mpsc};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
-use kube::api::{DeleteParams, Patch, PatchParams, PartialObjectMeta, Preconditions};
+use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::Event as WatchEvent;
-use kube::runtime::{Controller, WatchStreamExt, metadata_watcher, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -47,7 +47,9 @@ use crate::api::{
 use crate::jwks::JwksError;
 use crate::keys::{Algorithm, KeyGenerator, RsaBits, SystemKeyGenerator};
 use crate::metrics::{Metrics, PolicyGauges};
-use crate::plan::{self, Observed, PlanError, Policy, StepError, StoredRing, TargetObservation, Transition};
+use crate::plan::{
+    self, Observed, PlanError, Policy, StepError, StoredRing, TargetObservation, Transition,
+};
 use crate::ring::KeyState;
 use crate::secret;
 use render::{FIELD_MANAGER, MANAGED_SELECTOR, TargetContent};
@@ -126,7 +128,7 @@ type PolicyKey = (String, String);
 /// Shared state of one controller.
 pub struct Context {
     client: Client,
-    recorder: Recorder,
+    reporter: Reporter,
     metrics: Metrics,
     policies: Store<JwtSigningKey>,
     config_maps: Store<PartialObjectMeta<ConfigMap>>,
@@ -152,7 +154,11 @@ impl Context {
 
     /// The policy's status, accounting for a watch cache that has not yet seen our own
     /// last status write.
-    fn current_status(&self, policy: &JwtSigningKey, key: &PolicyKey) -> Option<JwtSigningKeyStatus> {
+    fn current_status(
+        &self,
+        policy: &JwtSigningKey,
+        key: &PolicyKey,
+    ) -> Option<JwtSigningKeyStatus> {
         let written = lock(&self.written_status);
         match written.get(key) {
             Some(w) if w.based_on.is_some() && w.based_on == policy.metadata.resource_version => {
@@ -164,7 +170,11 @@ impl Context {
 
     /// Policies in `namespace` that publish to the ConfigMap `config_map`, by name, with
     /// their JWKS key and owner reference. Policies being deleted are left out.
-    fn members(&self, namespace: &str, config_map: &str) -> BTreeMap<String, (String, OwnerReference)> {
+    fn members(
+        &self,
+        namespace: &str,
+        config_map: &str,
+    ) -> BTreeMap<String, (String, OwnerReference)> {
         self.policies
             .state()
             .iter()
@@ -190,9 +200,14 @@ impl Context {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        match self.recorder.publish(&event, &policy.object_ref(&())).await {
+        // A fresh recorder per Event: the recorder's series de-duplication ignores the
+        // note, and would fold "key B activated" into an earlier "key A activated".
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        match recorder.publish(&event, &policy.object_ref(&())).await {
             Ok(()) => self.metrics.api_write("event"),
-            Err(e) => warn!(policy = %policy.name_any(), reason, error = %e, "could not publish an Event"),
+            Err(e) => {
+                warn!(policy = %policy.name_any(), reason, error = %e, "could not publish an Event")
+            }
         }
     }
 
@@ -208,8 +223,12 @@ impl Context {
             "kind": JwtSigningKey::kind(&()),
             "status": status,
         });
-        api.patch_status(&key.1, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await?;
+        api.patch_status(
+            &key.1,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
         self.metrics.api_write("status");
         lock(&self.written_status).insert(
             key.clone(),
@@ -220,6 +239,19 @@ impl Context {
         );
         Ok(())
     }
+}
+
+/// `User-Agent` of every request, so the API server's audit log tells keyrotor's
+/// requests apart.
+pub const USER_AGENT: &str = concat!("keyrotor/", env!("CARGO_PKG_VERSION"));
+
+/// A client for `config` that identifies itself as keyrotor.
+pub fn client(mut config: kube::Config) -> Result<Client, kube::Error> {
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(USER_AGENT),
+    ));
+    Client::try_from(config)
 }
 
 /// Runs the controllers while this replica leads (always, without `leadership`) until
@@ -314,7 +346,9 @@ fn config_map_policies(config_map: PartialObjectMeta<ConfigMap>) -> Vec<ObjectRe
         .owner_references
         .iter()
         .flatten()
-        .filter(|r| r.kind == JwtSigningKey::kind(&()) && r.api_version == JwtSigningKey::api_version(&()))
+        .filter(|r| {
+            r.kind == JwtSigningKey::kind(&()) && r.api_version == JwtSigningKey::api_version(&())
+        })
         .map(|r| r.name.clone())
         .collect();
     names.extend(
@@ -339,8 +373,9 @@ pub async fn run_scope(
 ) {
     let namespace = namespace.as_deref();
     let policies: Api<JwtSigningKey> = scoped(client.clone(), namespace);
-    let secrets: Api<Secret> = scoped(client.clone(), namespace);
-    let config_maps: Api<ConfigMap> = scoped(client.clone(), namespace);
+    // Metadata only: the caches never hold Secret data or JWKS documents.
+    let secrets: Api<PartialObjectMeta<Secret>> = scoped(client.clone(), namespace);
+    let config_maps: Api<PartialObjectMeta<ConfigMap>> = scoped(client.clone(), namespace);
     let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
 
     let (policy_reader, policy_writer) = reflector::store();
@@ -379,23 +414,20 @@ pub async fn run_scope(
             _ => {}
         })
         .applied_objects();
-    let config_map_stream = metadata_watcher(config_maps, managed.clone())
+    let config_map_stream = watcher(config_maps, managed.clone())
         .default_backoff()
         .modify(|config_map| config_map.managed_fields_mut().clear())
         .reflect(config_map_writer)
         .touched_objects();
-    let secret_stream = metadata_watcher(secrets, managed)
+    let secret_stream = watcher(secrets, managed)
         .default_backoff()
         .touched_objects();
 
     let context = Arc::new(Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "keyrotor".to_owned(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        reporter: Reporter {
+            controller: "keyrotor".to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
         client,
         metrics,
         policies: policy_reader.clone(),
@@ -454,7 +486,12 @@ fn time_delta(duration: Duration) -> TimeDelta {
     TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
 }
 
-fn core_policy(resolved: &ResolvedPolicy, policy: &JwtSigningKey, namespace: &str, name: &str) -> Policy {
+fn core_policy(
+    resolved: &ResolvedPolicy,
+    policy: &JwtSigningKey,
+    namespace: &str,
+    name: &str,
+) -> Policy {
     Policy {
         alg: to_core_algorithm(resolved.algorithm),
         rsa_bits: resolved
@@ -468,17 +505,16 @@ fn core_policy(resolved: &ResolvedPolicy, policy: &JwtSigningKey, namespace: &st
         revoked: resolved.revoked_key_ids.iter().cloned().collect(),
         certificate: resolved.certificate,
         subject: format!("{namespace}/{name}"),
-        rotate_request: policy
-            .annotations()
-            .get(ROTATE_REQUEST_ANNOTATION)
-            .cloned(),
+        rotate_request: policy.annotations().get(ROTATE_REQUEST_ANNOTATION).cloned(),
     }
 }
 
 fn requeue_at(wake: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Action {
+    // A wake-up already past (a slow reconcile) means: soon, not never.
     let delay = wake
-        .and_then(|at| (at - now).to_std().ok())
-        .unwrap_or(MAX_REQUEUE)
+        .map_or(MAX_REQUEUE, |at| {
+            (at - now).to_std().unwrap_or(Duration::ZERO)
+        })
         .clamp(MIN_REQUEUE, MAX_REQUEUE);
     Action::requeue(delay)
 }
@@ -511,7 +547,9 @@ fn secret_write_error(name: &str, error: kube::Error) -> Error {
 
 async fn reconcile(policy: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
-    let namespace = policy.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let namespace = policy
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = policy.name_any();
     if policy.metadata.deletion_timestamp.is_some() {
         // Garbage collection removes the Secret; partners re-render shared ConfigMaps.
@@ -525,8 +563,17 @@ async fn reconcile(policy: Arc<JwtSigningKey>, ctx: Arc<Context>) -> Result<Acti
         Err(e) => {
             let message = e.to_string();
             let verdicts = status::invalid_spec(&message);
-            report_problem(&policy, &ctx, &key, current, verdicts, now, "InvalidSpec", &message)
-                .await?;
+            report_problem(
+                &policy,
+                &ctx,
+                &key,
+                current,
+                verdicts,
+                now,
+                "InvalidSpec",
+                &message,
+            )
+            .await?;
             Ok(Action::await_change())
         }
     };
@@ -602,10 +649,25 @@ async fn reconcile_policy(
             )
         };
         let verdicts = status::failed("SecretConflict", &message);
-        report_problem(policy, ctx, key, current, verdicts, now, "SecretConflict", &message).await?;
+        report_problem(
+            policy,
+            ctx,
+            key,
+            current,
+            verdicts,
+            now,
+            "SecretConflict",
+            &message,
+        )
+        .await?;
         return Ok(Action::requeue(BLOCKED_REQUEUE));
     }
-    let stored = secret::stored_ring(existing_secret.as_ref().and_then(secret_data_bytes).as_ref());
+    let stored = secret::stored_ring(
+        existing_secret
+            .as_ref()
+            .and_then(secret_data_bytes)
+            .as_ref(),
+    );
 
     // Gather: the JWKS ConfigMap, under its lock until it is written.
     let jwks_lock = ctx.jwks_lock(namespace, config_map_name);
@@ -618,7 +680,17 @@ async fn reconcile_policy(
             "ConfigMap {config_map_name} exists and is not managed by keyrotor; keyrotor will not overwrite it"
         );
         let verdicts = status::failed("ConfigMapConflict", &message);
-        report_problem(policy, ctx, key, current, verdicts, now, "ConfigMapConflict", &message).await?;
+        report_problem(
+            policy,
+            ctx,
+            key,
+            current,
+            verdicts,
+            now,
+            "ConfigMapConflict",
+            &message,
+        )
+        .await?;
         return Ok(Action::requeue(BLOCKED_REQUEUE));
     }
     let mut members = ctx.members(namespace, config_map_name);
@@ -660,7 +732,17 @@ async fn reconcile_policy(
                 resolved.secret_name
             );
             let verdicts = status::failed("NewerRing", &message);
-            report_problem(policy, ctx, key, current, verdicts, now, "NewerRing", &message).await?;
+            report_problem(
+                policy,
+                ctx,
+                key,
+                current,
+                verdicts,
+                now,
+                "NewerRing",
+                &message,
+            )
+            .await?;
             return Ok(Action::await_change());
         }
         Err(e) => return Err(e.into()),
@@ -685,7 +767,8 @@ async fn reconcile_policy(
 
     // Apply: the Secret first, it is the truth.
     let data = secret::secret_data(&plan.ring, resolved.certificate)?;
-    let mut desired_secret = render::secret(policy, &resolved.secret_name, resolved.certificate, data);
+    let mut desired_secret =
+        render::secret(policy, &resolved.secret_name, resolved.certificate, data);
     let secret_current = existing_secret
         .as_ref()
         .is_some_and(|existing| render::secret_is_current(existing, &desired_secret));
@@ -779,7 +862,9 @@ async fn reconcile_policy(
     leave_old_targets(ctx, namespace, name, &uid, config_map_name).await?;
 
     // Apply: the status, only when it changed.
-    if is_blank(current.as_ref()) && matches!(&stored, StoredRing::Present(ring) if !ring.keys.is_empty()) {
+    if is_blank(current.as_ref())
+        && matches!(&stored, StoredRing::Present(ring) if !ring.keys.is_empty())
+    {
         repairs.push(Repair::StatusRestored);
     }
     let previous: &[Condition] = current.as_ref().map_or(&[], |s| s.conditions.as_slice());
@@ -812,8 +897,13 @@ async fn reconcile_policy(
     }
     for repair in &repairs {
         warn!(policy = %format!("{namespace}/{name}"), reason = repair.reason(), "{}", repair.message());
-        ctx.publish(policy, EventType::Warning, repair.reason(), repair.message())
-            .await;
+        ctx.publish(
+            policy,
+            EventType::Warning,
+            repair.reason(),
+            repair.message(),
+        )
+        .await;
     }
     for (reason, message) in &problems {
         if current
@@ -905,7 +995,11 @@ async fn leave_old_targets(
         if !render::config_map_is_current(&existing, &desired) {
             desired.metadata.resource_version = existing.metadata.resource_version.clone();
             config_maps
-                .patch(&old, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
+                .patch(
+                    &old,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&desired),
+                )
                 .await?;
             ctx.metrics.api_write("configmap");
             info!(policy = %name, configmap = %old, "removed this policy's keys from a JWKS ConfigMap it left");
@@ -915,7 +1009,13 @@ async fn leave_old_targets(
 }
 
 /// Logs a transition, publishes its Event and counts rotations.
-async fn announce(ctx: &Context, policy: &JwtSigningKey, namespace: &str, name: &str, transition: &Transition) {
+async fn announce(
+    ctx: &Context,
+    policy: &JwtSigningKey,
+    namespace: &str,
+    name: &str,
+    transition: &Transition,
+) {
     let (type_, reason, note) = describe(transition);
     info!(policy = %format!("{namespace}/{name}"), reason, "{note}");
     if let Transition::Activated {
@@ -988,7 +1088,9 @@ fn describe(transition: &Transition) -> (EventType, &'static str, String) {
         Transition::Retired { kid } => (
             Normal,
             "KeyRetired",
-            format!("key {kid} retired: private key erased, public key stays in the JWKS until its tokens expire"),
+            format!(
+                "key {kid} retired: private key erased, public key stays in the JWKS until its tokens expire"
+            ),
         ),
         Transition::Removed { kid } => (
             Normal,
@@ -1030,7 +1132,11 @@ fn describe(transition: &Transition) -> (EventType, &'static str, String) {
                 if lost.is_empty() {
                     String::new()
                 } else {
-                    format!(", {} could not be recovered: {}", lost.len(), lost.join(", "))
+                    format!(
+                        ", {} could not be recovered: {}",
+                        lost.len(),
+                        lost.join(", ")
+                    )
                 }
             ),
         ),
@@ -1069,7 +1175,14 @@ mod tests {
         assert!(is_blank(Some(&JwtSigningKeyStatus::default())));
         let with_keys = JwtSigningKeyStatus {
             key_count: Some(0),
-            conditions: vec![Condition::default()],
+            conditions: vec![Condition {
+                type_: status::READY.into(),
+                status: "False".into(),
+                reason: "InvalidSpec".into(),
+                message: String::new(),
+                observed_generation: None,
+                last_transition_time: status::to_time(DateTime::UNIX_EPOCH),
+            }],
             ..JwtSigningKeyStatus::default()
         };
         assert!(!is_blank(Some(&with_keys)));

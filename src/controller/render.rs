@@ -136,17 +136,13 @@ pub fn config_map_is_current(existing: &ConfigMap, desired: &ConfigMap) -> bool 
 }
 
 fn metadata_is_current(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
-    let owners_present = desired
-        .owner_references
-        .iter()
-        .flatten()
-        .all(|want| {
-            existing
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|have| have.uid == want.uid && have.controller == want.controller)
-        });
+    let owners_present = desired.owner_references.iter().flatten().all(|want| {
+        existing
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|have| have.uid == want.uid && have.controller == want.controller)
+    });
     owners_present
         && map_contains(existing.labels.as_ref(), desired.labels.as_ref())
         && map_contains(existing.annotations.as_ref(), desired.annotations.as_ref())
@@ -173,10 +169,7 @@ pub fn is_managed(meta: &ObjectMeta) -> bool {
 
 /// Whether `meta` has an owner reference to the policy with this uid.
 pub fn is_owned_by(meta: &ObjectMeta, uid: &str) -> bool {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|r| r.uid == uid)
+    meta.owner_references.iter().flatten().any(|r| r.uid == uid)
 }
 
 /// What a JWKS ConfigMap holds, as far as keyrotor can read it.
@@ -265,12 +258,12 @@ pub fn merge_target(
 }
 
 /// The same merge without `source`: what a ConfigMap holds once a policy stops
-/// publishing to it. `None` when no keys of other members remain.
+/// publishing to it (possibly no keys, until the remaining members add theirs).
 pub fn merge_without(
     source: &str,
     target: &TargetContent,
     members: &BTreeSet<String>,
-) -> Result<Option<MergedJwks>, JwksError> {
+) -> Result<MergedJwks, JwksError> {
     let sources: Vec<JwksSource> = members
         .iter()
         .filter(|m| m.as_str() != source)
@@ -280,10 +273,7 @@ pub fn merge_without(
         })
         .filter(|s| !s.keys.is_empty())
         .collect();
-    if sources.is_empty() {
-        return Ok(None);
-    }
-    jwks::merge(&sources).map(Some)
+    jwks::merge(&sources)
 }
 
 #[cfg(test)]
@@ -334,7 +324,10 @@ mod tests {
             .as_mut()
             .expect("data")
             .insert("other".into(), ByteString(b"x".to_vec()));
-        assert!(secret_is_current(&extra, &desired), "foreign keys are ignored");
+        assert!(
+            secret_is_current(&extra, &desired),
+            "foreign keys are ignored"
+        );
 
         let changed = secret(
             &p,
@@ -385,21 +378,18 @@ mod tests {
         // c moves elsewhere: what stays is a's keys only; once a is gone, nothing.
         let cm = written(&without_b, vec![]);
         let target = TargetContent::read(Some(&cm), "jwks.json");
-        let left = merge_without("c", &target, &members(&["a"]))
-            .expect("merge")
-            .expect("a's keys remain");
+        let left = merge_without("c", &target, &members(&["a"])).expect("merge");
         assert_eq!(left.sources.keys().collect::<Vec<_>>(), ["a"]);
-        assert_eq!(
-            merge_without("a", &target, &members(&["a"])).expect("merge"),
-            None
-        );
+        let empty = merge_without("a", &target, &members(&["a"])).expect("merge");
+        assert!(empty.sources.is_empty());
+        assert!(jwks::parse(&empty.document).expect("jwks").is_empty());
     }
 
     #[test]
     fn rendering_is_deterministic_and_comparable() {
         let a = keys(7, 2);
-        let merged = merge_target("a", &a, &TargetContent::default(), &members(&["a"]))
-            .expect("merge");
+        let merged =
+            merge_target("a", &a, &TargetContent::default(), &members(&["a"])).expect("merge");
         let owners = vec![owner_reference(&policy("a", "uid-a"), false).expect("owner")];
         let first = written(&merged, owners.clone());
         let again = written(
@@ -433,8 +423,8 @@ mod tests {
     #[test]
     fn unreadable_sources_attribute_keys_only_to_a_sole_member() {
         let a = keys(9, 2);
-        let merged = merge_target("a", &a, &TargetContent::default(), &members(&["a"]))
-            .expect("merge");
+        let merged =
+            merge_target("a", &a, &TargetContent::default(), &members(&["a"])).expect("merge");
         let mut cm = written(&merged, vec![]);
         cm.metadata.annotations = None;
         let target = TargetContent::read(Some(&cm), "jwks.json");

@@ -101,7 +101,9 @@ pub fn degraded_verdict(finding: &Degraded) -> (&'static str, String) {
         ),
         Degraded::RotationWaiting { kid, targets } if targets.is_empty() => (
             "RotationWaiting",
-            format!("rotation is due; next key {kid} has not been published for propagationDelay yet"),
+            format!(
+                "rotation is due; next key {kid} has not been published for propagationDelay yet"
+            ),
         ),
         Degraded::RotationWaiting { kid, targets } => (
             "RotationWaiting",
@@ -360,7 +362,11 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("valid time")
     }
 
-    fn conditions(verdicts: Verdicts, previous: &[Condition], now: DateTime<Utc>) -> Vec<Condition> {
+    fn conditions(
+        verdicts: Verdicts,
+        previous: &[Condition],
+        now: DateTime<Utc>,
+    ) -> Vec<Condition> {
         status(
             None,
             None,
