@@ -1,0 +1,46 @@
+# keyrotor development targets.
+#
+#   make tools          build kubectl, helm, etcd, kube-apiserver, kube-controller-manager
+#                       from the pinned Go modules (tests/cluster/; first run only)
+#   make cluster-up     start the local control plane (target/cluster/), print KUBECONFIG
+#   make cluster-down   stop it
+#   make lint           rustfmt and clippy
+#   make test           everything: a fresh control plane, every step of TEST_STEPS
+#                       inside it, the control plane always stopped afterwards
+#
+# Adding a test step: write a target and append it to TEST_STEPS below (or with
+# `TEST_STEPS += my-step` further down). tests/run starts the control plane, runs
+# `make <step>` for each step with KUBECONFIG, PATH (kubectl, helm) and
+# KEYROTOR_AUDIT_LOG exported from target/cluster/env, keeps going past a failed step,
+# prints a summary, stops the control plane (also on failure or Ctrl-C) and exits
+# non-zero if any step failed. A step can also be run alone against a running
+# control plane: `make cluster-up && source target/cluster/env && make <step>`.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+
+TEST_STEPS := lint cargo-test
+
+.PHONY: tools cluster-up cluster-down lint cargo-test test
+
+tools:
+	tests/cluster/build-tools
+
+cluster-up: tools
+	tests/cluster/up
+
+cluster-down:
+	tests/cluster/down
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# Unit, property and integration tests (integration tests need KUBECONFIG: the
+# control plane is started by `make test`, or by hand with `make cluster-up`).
+cargo-test:
+	$(CARGO) test --all-targets
+	$(CARGO) test --doc
+
+test: tools
+	MAKE="$(MAKE)" tests/run $(TEST_STEPS)
