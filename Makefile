@@ -38,9 +38,10 @@ lint:
 
 # Unit, property and integration tests (integration tests need KUBECONFIG: the
 # control plane is started by `make test`, or by hand with `make cluster-up`).
+# Doc tests first, so the run ends on the summary of the real test suites.
 cargo-test:
-	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+	$(CARGO) test --all-targets
 
 test: tools
 	MAKE="$(MAKE)" tests/run $(TEST_STEPS)
