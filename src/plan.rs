@@ -178,8 +178,8 @@ pub enum Transition {
         kid: String,
         /// Set when it skipped (full) pre-publication.
         exception: Option<ActivationException>,
-        /// Whether a rotate request caused it.
-        requested: bool,
+        /// What caused it.
+        cause: ActivationCause,
     },
     /// The previous Active key was retired.
     Retired {
@@ -219,6 +219,31 @@ pub enum Transition {
     },
 }
 
+/// Why a key became Active.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActivationCause {
+    /// The ring had no key yet.
+    FirstKey,
+    /// The rotation interval ended.
+    Schedule,
+    /// A new `keyrotor.dev/rotate-request` value.
+    Request,
+    /// The Active key was revoked.
+    Revocation,
+    /// The ring was rebuilt after it was lost or unreadable.
+    Recovery,
+}
+
+impl From<ActivationException> for ActivationCause {
+    fn from(e: ActivationException) -> Self {
+        match e {
+            ActivationException::FirstKey => ActivationCause::FirstKey,
+            ActivationException::Revocation => ActivationCause::Revocation,
+            ActivationException::Recovery => ActivationCause::Recovery,
+        }
+    }
+}
+
 /// Something wrong that a condition should report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Degraded {
@@ -241,12 +266,11 @@ pub enum Degraded {
         /// Targets without it.
         targets: Vec<String>,
     },
-    /// A rotation is due but the Next key is not yet in every target for
-    /// `propagationDelay`.
+    /// A rotation is due but the Next key is missing from some targets.
     RotationWaiting {
         /// The Next kid.
         kid: String,
-        /// Targets without it (empty if it is only waiting for `propagationDelay`).
+        /// Targets without it.
         targets: Vec<String>,
     },
     /// A certificate could not be issued.
@@ -621,7 +645,7 @@ impl Planner<'_> {
             let exception = (!fully).then_some(reason);
             next.activated_without_prepublication = exception;
             let kid = next.kid.clone();
-            self.activated(ring, kid, exception, false);
+            self.activated(ring, kid, exception, reason.into());
             return true;
         }
         let Some(material) = self.take_key(ring, Slot::Active) else {
@@ -633,7 +657,7 @@ impl Planner<'_> {
         key.activated_without_prepublication = Some(reason);
         let kid = key.kid.clone();
         ring.keys.push(key);
-        self.activated(ring, kid, Some(reason), false);
+        self.activated(ring, kid, Some(reason), reason.into());
         true
     }
 
@@ -643,13 +667,13 @@ impl Planner<'_> {
         ring: &mut Ring,
         kid: String,
         exception: Option<ActivationException>,
-        requested: bool,
+        cause: ActivationCause,
     ) {
         ring.last_rotate_request = self.policy.rotate_request.clone();
         self.transitions.push(Transition::Activated {
             kid,
             exception,
-            requested,
+            cause,
         });
     }
 
@@ -673,10 +697,15 @@ impl Planner<'_> {
             .published_at
             .is_some_and(|p| self.now >= p + self.policy.propagation_delay);
         if !ready {
-            self.degraded.push(Degraded::RotationWaiting {
-                kid: next.kid.clone(),
-                targets: self.targets_without(&next.kid),
-            });
+            // Waiting out propagationDelay is normal; a Next key missing from a target
+            // while rotation is due is worth a condition.
+            let missing = self.targets_without(&next.kid);
+            if !missing.is_empty() {
+                self.degraded.push(Degraded::RotationWaiting {
+                    kid: next.kid.clone(),
+                    targets: missing,
+                });
+            }
             return;
         }
         let retention = self.policy.retention();
@@ -695,7 +724,12 @@ impl Planner<'_> {
                 KeyState::Retired => {}
             }
         }
-        self.activated(ring, next_kid, None, requested);
+        let cause = if requested {
+            ActivationCause::Request
+        } else {
+            ActivationCause::Schedule
+        };
+        self.activated(ring, next_kid, None, cause);
     }
 
     fn retire(&mut self, key: &mut RingKey, now: DateTime<Utc>, retention: TimeDelta) {
