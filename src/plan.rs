@@ -804,7 +804,7 @@ impl Planner<'_> {
             let due = key
                 .certificate
                 .as_ref()
-                .is_none_or(|c| c.not_after < self.now + margin);
+                .is_none_or(|c| c.not_after <= self.now + margin);
             if due {
                 let mut key = ring.keys[index].clone();
                 self.issue_certificate(&mut key);

@@ -207,6 +207,31 @@ fn check_plan(
             prop_assert!(!memory.revoked.contains(&key.kid));
         }
     }
+    // Certificates: every signing-capable key has one that outlives a retirement now;
+    // a Retired key's certificate outlives its removal.
+    if policy.certificate {
+        for key in &p.ring.keys {
+            let Some(cert) = &key.certificate else {
+                prop_assert!(
+                    key.state == KeyState::Retired,
+                    "{} has no certificate",
+                    key.kid
+                );
+                continue;
+            };
+            prop_assert!(cert.not_before <= key.created_at);
+            match key.removes_at {
+                Some(removes) => prop_assert!(
+                    cert.not_after >= removes,
+                    "certificate expires before removal"
+                ),
+                None => prop_assert!(
+                    cert.not_after > now + policy.retention(),
+                    "certificate too short"
+                ),
+            }
+        }
+    }
     // Publication: the ring's keys in JWKS order, Active first, no revoked kid.
     prop_assert_eq!(&p.publish, &p.ring.public_jwks());
     prop_assert_eq!(&p.publish[0].kid, &active.kid);
