@@ -180,6 +180,8 @@ pub enum Transition {
         exception: Option<ActivationException>,
         /// What caused it.
         cause: ActivationCause,
+        /// Whether a rotate request caused it (`cause == ActivationCause::Request`).
+        requested: bool,
     },
     /// The previous Active key was retired.
     Retired {
@@ -674,6 +676,7 @@ impl Planner<'_> {
             kid,
             exception,
             cause,
+            requested: cause == ActivationCause::Request,
         });
     }
 

@@ -268,6 +268,7 @@ fn check_plan(
         kid,
         exception,
         cause,
+        ..
     }) = activations.first()
     {
         prop_assert_eq!(kid, &active.kid);

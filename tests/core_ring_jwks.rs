@@ -84,7 +84,8 @@ fn ring_round_trips_byte_identically_for_every_algorithm() {
 #[test]
 fn ring_parse_rejects_damage_with_descriptive_errors() {
     let ring = full_ring(Algorithm::ES256, false, 1);
-    let cases: Vec<(&str, Vec<u8>, fn(&RingError) -> bool)> = vec![
+    type Expect = fn(&RingError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
         ("not json", b"{".to_vec(), |e| {
             matches!(e, RingError::Malformed { .. })
         }),
