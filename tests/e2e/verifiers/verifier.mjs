@@ -1,7 +1,8 @@
 // JWT verifiers backed by jose, driven by the end-to-end harness.
 //
 // Reads one JSON request per line on stdin and writes one JSON response per line on
-// stdout, echoing the request's "n". Requests ("op"):
+// stdout, echoing the request's "n" and adding "at" (when it was answered, Unix
+// seconds). Requests ("op"):
 //
 //   create       {verifier, cacheSeconds, cooldownSeconds}
 //                a verifier with its own jose remote JWK Set (createRemoteJWKSet, which
@@ -116,6 +117,7 @@ lines.on("line", (line) => {
       response = { ok: false, error: `bad request: ${err.message}` };
     }
     response.n = n;
+    response.at = Date.now() / 1000;
     process.stdout.write(JSON.stringify(response) + "\n");
   });
 });

@@ -1,7 +1,8 @@
 """JWT verifiers backed by PyJWT, driven by the end-to-end harness.
 
 Reads one JSON request per line on stdin and writes one JSON response per line on
-stdout, in order, echoing the request's "n". Requests ("op"):
+stdout, in order, echoing the request's "n" and adding "at" (when it was answered,
+Unix seconds). Requests ("op"):
 
   create       {"verifier": id, "cacheSeconds": s, "cooldownSeconds": s}
                a verifier with its own PyJWKClient (JWK Set cache with that lifespan,
@@ -12,6 +13,8 @@ stdout, in order, echoing the request's "n". Requests ("op"):
   verify       {"verifier": id, "token": jwt, "alg": "ES256"}
                -> {"ok": true, "kid": kid} or {"ok": false, "error": message}
   conformance  {"jwks": text} -> {"ok": true, "problems": [message, ...]}
+  publicPem    {"jwk": public-jwk} -> {"ok": true, "pem": SubjectPublicKeyInfo PEM}
+               (for the HS256-keyed-with-the-public-key attack)
 
 The signing key is looked up with PyJWKClient's own logic (kid match, cache, refresh)
 and the token is checked with jwt.decode pinned to the one algorithm of the policy.
@@ -287,11 +290,23 @@ def op_conformance(req):
     return {"ok": True, "problems": conformance_problems(req.get("jwks"))}
 
 
+def op_public_pem(req):
+    problems = []
+    key = public_key_of(req["jwk"], "jwk", problems)
+    if key is None:
+        return {"ok": False, "error": "; ".join(problems)}
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return {"ok": True, "pem": pem.decode()}
+
+
 OPS = {
     "create": op_create,
     "publish": op_publish,
     "verify": op_verify,
     "conformance": op_conformance,
+    "publicPem": op_public_pem,
 }
 
 
@@ -309,6 +324,7 @@ def main():
         except Exception as e:  # a broken request must not take the verifier down
             response = {"ok": False, "error": f"bad request: {type(e).__name__}: {e}"}
         response["n"] = n
+        response["at"] = time.time()
         out.write(json.dumps(response) + "\n")
         out.flush()
 

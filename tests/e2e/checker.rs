@@ -1,0 +1,546 @@
+//! The invariant checker: replays what the watches saw (in resourceVersion order, which
+//! is etcd's one order across all objects) and records every violation of DESIGN.md
+//! section 2 invariants 1, 2, 3 and 5. Pure: observations and harness actions in,
+//! findings out, so it is tested on made-up histories too (`selftest`).
+//!
+//! Durations come from observation times, which trail the real writes by the watch
+//! latency; `TOLERANCE` absorbs the difference between two such latencies. The ring's
+//! own times (operator clock, exact) are checked as well.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use keyrotor::ring::{ActivationException, KeyState};
+use serde::Serialize;
+
+use crate::model::{
+    Action, ActionKind, Change, JwksView, Observation, PolicyTiming, SecretView, Time, secs,
+};
+
+/// Allowed difference between two watch latencies, seconds.
+pub const TOLERANCE: f64 = 0.25;
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub at: Time,
+    pub policy: String,
+    pub kid: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Cause {
+    Scheduled,
+    Requested,
+    Revocation,
+    Recovery,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rotation {
+    pub at: Time,
+    pub policy: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub cause: Cause,
+    /// How long the new key had been in the JWKS beyond propagationDelay when the Secret
+    /// named it (None for the exceptions).
+    pub prepublication_margin: Option<f64>,
+}
+
+/// An allowed exception to pre-publication, with why it was allowed.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Exception {
+    pub at: Time,
+    pub policy: String,
+    pub kid: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Findings {
+    pub violations: Vec<Violation>,
+    pub rotations: Vec<Rotation>,
+    pub exceptions: Vec<Exception>,
+    /// Smallest (time in JWKS before activation) - propagationDelay, seconds.
+    pub min_prepublication_margin: Option<f64>,
+    /// Smallest (time in JWKS after retirement) - (propagationDelay + maxTokenLifetime).
+    pub min_retention_margin: Option<f64>,
+    /// Watches that had to list again (changes in between may be unseen).
+    pub observation_gaps: usize,
+    pub secret_versions: usize,
+    pub jwks_versions: usize,
+}
+
+impl Findings {
+    /// Rotations that went through pre-publication (scheduled or requested).
+    pub fn prepublished_rotations(&self) -> usize {
+        self.rotations
+            .iter()
+            .filter(|r| matches!(r.cause, Cause::Scheduled | Cause::Requested))
+            .count()
+    }
+}
+
+fn min_opt(current: &mut Option<f64>, value: f64) {
+    *current = Some(current.map_or(value, |c| c.min(value)));
+}
+
+/// Replays one policy's history.
+pub fn check(timing: &PolicyTiming, observations: &[Observation], actions: &[Action]) -> Findings {
+    let mut replay = Replay::new(timing, actions);
+    let mut ordered: Vec<&Observation> = observations
+        .iter()
+        .filter(|o| match o.change {
+            Change::Secret(_) => o.name == timing.secret_name,
+            Change::ConfigMap(_) => o.name == timing.config_map_name,
+            Change::Policy(_) => o.name == timing.name,
+            Change::Relisted => true,
+        })
+        .collect();
+    // Stable: a relist marker keeps its place among equal revisions.
+    ordered.sort_by_key(|o| o.rv);
+    for observation in ordered {
+        replay.apply(observation);
+    }
+    replay.findings
+}
+
+struct Replay<'a> {
+    timing: &'a PolicyTiming,
+    actions: &'a [Action],
+    findings: Findings,
+    secret: Option<std::sync::Arc<SecretView>>,
+    secret_ever: bool,
+    secret_lost: bool,
+    doc: Option<std::sync::Arc<JwksView>>,
+    /// Since when each kid has been in the JWKS without a break.
+    present_since: BTreeMap<String, Time>,
+    /// When the Secret stopped naming each formerly Active kid.
+    retired_seen: BTreeMap<String, Time>,
+    /// Kids whose early removal was already reported.
+    removal_checked: BTreeSet<String>,
+    /// Kids that were ever in a ring, with the furthest state seen.
+    furthest_state: BTreeMap<String, KeyState>,
+    revoked: BTreeSet<String>,
+    /// Kids the harness itself put into the JWKS by hand.
+    foreign: BTreeSet<String>,
+    /// Index of the first rotate request not yet honoured.
+    next_request: usize,
+    last_activation: Option<Time>,
+    /// Kids that were missing from the JWKS while Active under an exception.
+    excepted_missing: BTreeSet<String>,
+}
+
+impl<'a> Replay<'a> {
+    fn new(timing: &'a PolicyTiming, actions: &'a [Action]) -> Self {
+        let foreign = actions
+            .iter()
+            .filter_map(|a| match &a.kind {
+                ActionKind::ConfigMapEdited { policy, added, .. } if policy == &timing.name => {
+                    Some(added.clone())
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        Replay {
+            timing,
+            actions,
+            findings: Findings::default(),
+            secret: None,
+            secret_ever: false,
+            secret_lost: false,
+            doc: None,
+            present_since: BTreeMap::new(),
+            retired_seen: BTreeMap::new(),
+            removal_checked: BTreeSet::new(),
+            furthest_state: BTreeMap::new(),
+            revoked: BTreeSet::new(),
+            foreign,
+            next_request: 0,
+            last_activation: None,
+            excepted_missing: BTreeSet::new(),
+        }
+    }
+
+    fn violation(&mut self, invariant: &'static str, at: Time, kid: Option<&str>, detail: String) {
+        self.findings.violations.push(Violation {
+            invariant,
+            at,
+            policy: self.timing.name.clone(),
+            kid: kid.map(str::to_owned),
+            detail,
+        });
+    }
+
+    fn revoked_by(&self, kid: &str, at: Time) -> bool {
+        self.revoked.contains(kid)
+            || self.actions.iter().any(|a| {
+                matches!(&a.kind, ActionKind::Revoked { policy, kid: k }
+                    if policy == &self.timing.name && k == kid)
+                    && secs(a.at, at) > -TOLERANCE
+            })
+    }
+
+    fn apply(&mut self, o: &Observation) {
+        match &o.change {
+            Change::Relisted => self.findings.observation_gaps += 1,
+            Change::Policy(policy) => {
+                if let Some(p) = policy {
+                    self.revoked.extend(p.revoked.iter().cloned());
+                }
+            }
+            Change::Secret(secret) => {
+                self.findings.secret_versions += 1;
+                self.on_secret(o.at, secret.clone());
+            }
+            Change::ConfigMap(doc) => {
+                self.findings.jwks_versions += 1;
+                self.on_jwks(o.at, doc.clone());
+            }
+        }
+        self.check_active_published(o.at);
+    }
+
+    /// Invariant 1: the Active kid in the Secret is in the JWKS.
+    fn check_active_published(&mut self, at: Time) {
+        let Some(secret) = self.secret.clone() else {
+            return;
+        };
+        let Some(kid) = secret.kid.clone() else {
+            return;
+        };
+        let published = self.doc.as_ref().is_some_and(|d| d.contains(&kid));
+        if published {
+            return;
+        }
+        let excepted = secret.key(&kid).and_then(|k| k.exception).is_some();
+        if excepted {
+            // FirstKey, Revocation and Recovery activate before publication by design;
+            // counted once, not a violation.
+            self.excepted_missing.insert(kid);
+            return;
+        }
+        self.violation(
+            "1",
+            at,
+            Some(&kid),
+            format!(
+                "the Secret names {kid} as Active but the JWKS {} lacks it",
+                if self.doc.is_some() {
+                    "document"
+                } else {
+                    "ConfigMap (absent)"
+                }
+            ),
+        );
+    }
+
+    fn on_secret(&mut self, at: Time, secret: Option<std::sync::Arc<SecretView>>) {
+        let Some(new) = secret else {
+            // Deleted: the ring is lost; what comes next is a recovery.
+            if let Some(old) = self.secret.take()
+                && let Some(kid) = old.kid.clone()
+            {
+                self.retired_seen.entry(kid).or_insert(at);
+            }
+            self.secret_lost = true;
+            return;
+        };
+        let old = self.secret.clone();
+        if let Err(e) = &new.ring {
+            self.violation("5", at, None, format!("ring.json unreadable: {e}"));
+        }
+        self.check_states(at, &new);
+        let old_kid = old.as_ref().and_then(|s| s.kid.clone());
+        let new_kid = new.kid.clone();
+        if new_kid != old_kid
+            && let Some(kid) = &new_kid
+        {
+            self.on_activation(at, old.as_deref(), &new, kid);
+        }
+        if let (Some(old_kid), true) = (&old_kid, new_kid != old_kid) {
+            self.retired_seen.entry(old_kid.clone()).or_insert(at);
+        }
+        self.check_next_replaced(at, old.as_deref(), &new);
+        self.secret = Some(new);
+        self.secret_ever = true;
+        self.secret_lost = false;
+    }
+
+    /// Invariant 5: states only move forward (Next → Active → Retired).
+    fn check_states(&mut self, at: Time, secret: &SecretView) {
+        let Ok(keys) = &secret.ring else { return };
+        for key in keys {
+            let rank = |s: KeyState| match s {
+                KeyState::Next => 0,
+                KeyState::Active => 1,
+                KeyState::Retired => 2,
+            };
+            match self.furthest_state.get(&key.kid).copied() {
+                Some(seen) if rank(key.state) < rank(seen) && !self.secret_lost => {
+                    self.violation(
+                        "5",
+                        at,
+                        Some(&key.kid),
+                        format!("key {} went back from {seen} to {}", key.kid, key.state),
+                    );
+                }
+                Some(seen) if rank(key.state) <= rank(seen) => {}
+                _ => {
+                    self.furthest_state.insert(key.kid.clone(), key.state);
+                }
+            }
+        }
+    }
+
+    /// Invariant 5: a Next key leaves its slot only by becoming Active (or by being
+    /// revoked, or with a lost ring).
+    fn check_next_replaced(&mut self, at: Time, old: Option<&SecretView>, new: &SecretView) {
+        let Some(old_next) = old.and_then(|s| s.next_kid()) else {
+            return;
+        };
+        if new.next_kid() == Some(old_next) {
+            return;
+        }
+        let activated = new.kid.as_deref() == Some(old_next);
+        if activated || self.revoked_by(old_next, at) || self.secret_lost {
+            return;
+        }
+        let detail = match new.next_kid() {
+            Some(other) => {
+                format!("Next key {old_next} was replaced by {other} without becoming Active")
+            }
+            None => format!("Next key {old_next} vanished without becoming Active"),
+        };
+        self.violation("5", at, Some(old_next), detail);
+    }
+
+    fn on_activation(&mut self, at: Time, old: Option<&SecretView>, new: &SecretView, kid: &str) {
+        let facts = new.key(kid).cloned();
+        let exception = facts.as_ref().and_then(|f| f.exception);
+        let old_kid = old.and_then(|s| s.kid.clone());
+        let first = !self.secret_ever;
+        let pd = self.timing.propagation_delay;
+
+        if let Some(exception) = exception {
+            let justified = match exception {
+                ActivationException::FirstKey => first,
+                ActivationException::Recovery => {
+                    self.secret_lost || first || old.is_some_and(|s| s.ring.is_err())
+                }
+                ActivationException::Revocation => {
+                    old_kid.as_deref().is_some_and(|k| self.revoked_by(k, at))
+                }
+            };
+            let reason = match exception {
+                ActivationException::FirstKey => "the very first key of the ring",
+                ActivationException::Recovery => "the ring was lost (Secret deleted) and rebuilt",
+                ActivationException::Revocation => {
+                    "the Active key was revoked and no published successor existed"
+                }
+            };
+            if justified {
+                self.findings.exceptions.push(Exception {
+                    at,
+                    policy: self.timing.name.clone(),
+                    kid: kid.to_owned(),
+                    reason: format!("{exception}: {reason}"),
+                });
+            } else {
+                self.violation(
+                    "2",
+                    at,
+                    Some(kid),
+                    format!("{kid} became Active without pre-publication, claiming {exception}, which does not apply here"),
+                );
+            }
+            if !first {
+                self.findings.rotations.push(Rotation {
+                    at,
+                    policy: self.timing.name.clone(),
+                    from: old_kid,
+                    to: kid.to_owned(),
+                    cause: match exception {
+                        ActivationException::Revocation => Cause::Revocation,
+                        _ => Cause::Recovery,
+                    },
+                    prepublication_margin: None,
+                });
+            }
+            self.consume_requests(at);
+            self.last_activation = facts.and_then(|f| f.activated_at).or(Some(at));
+            return;
+        }
+
+        // Invariant 2, as observed: continuously in the JWKS for propagationDelay.
+        let margin = match self.present_since.get(kid) {
+            None => {
+                self.violation(
+                    "2",
+                    at,
+                    Some(kid),
+                    format!("{kid} became Active while not in the JWKS"),
+                );
+                None
+            }
+            Some(since) => {
+                let margin = secs(*since, at) - pd;
+                if margin < -TOLERANCE {
+                    self.violation(
+                        "2",
+                        at,
+                        Some(kid),
+                        format!(
+                            "{kid} became Active {:.3}s after it was (continuously) published; propagationDelay is {pd}s",
+                            secs(*since, at)
+                        ),
+                    );
+                }
+                min_opt(&mut self.findings.min_prepublication_margin, margin);
+                Some(margin)
+            }
+        };
+        // Invariant 2, as the ring claims it (operator clock).
+        if let Some(f) = &facts {
+            match (f.published_at, f.activated_at) {
+                (Some(p), Some(a)) if secs(p, a) + 1e-6 < pd => self.violation(
+                    "2",
+                    at,
+                    Some(kid),
+                    format!("ring says {kid} was published at {p} and activated at {a}, less than propagationDelay apart"),
+                ),
+                (None, _) => self.violation(
+                    "2",
+                    at,
+                    Some(kid),
+                    format!("ring has no publishedAt for the Active key {kid}"),
+                ),
+                _ => {}
+            }
+        }
+
+        if first {
+            // The first key always carries FirstKey; a first key without it is fine
+            // only if it was pre-published, which the checks above just verified.
+            self.last_activation = facts.and_then(|f| f.activated_at).or(Some(at));
+            return;
+        }
+
+        // Invariant 5: never early. Early is allowed by a rotate request made before
+        // this activation, or by the revocation of the previous key.
+        let requested = self.consume_requests(at);
+        let revoked = old_kid.as_deref().is_some_and(|k| self.revoked_by(k, at));
+        let activated_at = facts.as_ref().and_then(|f| f.activated_at).unwrap_or(at);
+        let cause = if revoked {
+            Cause::Revocation
+        } else if requested {
+            Cause::Requested
+        } else {
+            if let Some(previous) = self.last_activation {
+                let gap = secs(previous, activated_at);
+                if gap < self.timing.rotation_interval - TOLERANCE {
+                    self.violation(
+                        "5",
+                        at,
+                        Some(kid),
+                        format!(
+                            "rotated early: {kid} became Active {gap:.3}s after the previous activation, with no rotate request pending (rotationInterval {}s)",
+                            self.timing.rotation_interval
+                        ),
+                    );
+                }
+            }
+            Cause::Scheduled
+        };
+        self.findings.rotations.push(Rotation {
+            at,
+            policy: self.timing.name.clone(),
+            from: old_kid,
+            to: kid.to_owned(),
+            cause,
+            prepublication_margin: margin,
+        });
+        self.last_activation = Some(activated_at);
+    }
+
+    /// Marks every rotate request made before `at` as honoured; whether there was one.
+    fn consume_requests(&mut self, at: Time) -> bool {
+        let mut any = false;
+        while let Some(action) = self.actions.get(self.next_request) {
+            if secs(action.at, at) < 0.0 {
+                break;
+            }
+            if matches!(&action.kind, ActionKind::RotateRequested { policy, .. } if policy == &self.timing.name)
+            {
+                any = true;
+            }
+            self.next_request += 1;
+        }
+        any
+    }
+
+    fn on_jwks(&mut self, at: Time, doc: Option<std::sync::Arc<JwksView>>) {
+        let kids: BTreeSet<String> = doc
+            .as_ref()
+            .map(|d| d.kids.iter().cloned().collect())
+            .unwrap_or_default();
+        self.present_since.retain(|kid, _| kids.contains(kid));
+        for kid in &kids {
+            self.present_since.entry(kid.clone()).or_insert(at);
+            // Invariant 5: nothing is published that no ring ever held.
+            if !self.furthest_state.contains_key(kid)
+                && !self.foreign.contains(kid)
+                && !self.secret_lost
+            {
+                self.violation(
+                    "5",
+                    at,
+                    Some(kid),
+                    format!("the JWKS publishes {kid}, which no ring ever held"),
+                );
+                // Report once.
+                self.furthest_state.insert(kid.clone(), KeyState::Retired);
+            }
+        }
+        // Invariant 3: every key Active within propagationDelay + maxTokenLifetime stays.
+        let retention = self.timing.propagation_delay + self.timing.max_token_lifetime;
+        let active = self.secret.as_ref().and_then(|s| s.kid.clone());
+        let retired: Vec<(String, Time)> = self
+            .retired_seen
+            .iter()
+            .map(|(k, t)| (k.clone(), *t))
+            .collect();
+        for (kid, retired_at) in retired {
+            if kids.contains(&kid)
+                || Some(&kid) == active.as_ref()
+                || self.removal_checked.contains(&kid)
+            {
+                continue;
+            }
+            self.removal_checked.insert(kid.clone());
+            if self.revoked_by(&kid, at) {
+                continue;
+            }
+            let kept = secs(retired_at, at);
+            let margin = kept - retention;
+            min_opt(&mut self.findings.min_retention_margin, margin);
+            if margin < -TOLERANCE {
+                self.violation(
+                    "3",
+                    at,
+                    Some(&kid),
+                    format!(
+                        "{kid} left the JWKS {kept:.3}s after it stopped being Active; it must stay propagationDelay + maxTokenLifetime = {retention}s"
+                    ),
+                );
+            }
+        }
+        self.doc = doc;
+    }
+}

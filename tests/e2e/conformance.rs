@@ -1,0 +1,120 @@
+//! JWKS conformance of every document keyrotor published: the RFC 7517/7518/7638 checks
+//! of tests/e2e/verifiers/verifier.py (PyJWT's `cryptography`), jose's own thumbprint
+//! and import of each key, and the ordering rule (Active first).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::libproc::LibraryProcess;
+use crate::model::{Change, Observation};
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Conformance {
+    pub documents_checked: usize,
+    pub keys_checked: usize,
+    /// problem -> how many documents had it
+    pub problems: BTreeMap<String, usize>,
+}
+
+impl Conformance {
+    fn problem(&mut self, text: String) {
+        *self.problems.entry(text).or_default() += 1;
+    }
+}
+
+pub async fn check(
+    observations: &[Observation],
+    secret_name: &str,
+    config_map_name: &str,
+    written_by_harness: &BTreeSet<String>,
+    foreign_kids: &BTreeSet<String>,
+    python: &LibraryProcess,
+    node: &LibraryProcess,
+) -> Conformance {
+    let mut result = Conformance::default();
+    let mut ordered: Vec<&Observation> = observations.iter().collect();
+    ordered.sort_by_key(|o| o.rv);
+    let mut seen = BTreeSet::new();
+    let mut active: Option<String> = None;
+    for observation in ordered {
+        match &observation.change {
+            Change::Secret(Some(s)) if observation.name == secret_name => active = s.kid.clone(),
+            Change::ConfigMap(Some(doc)) if observation.name == config_map_name => {
+                let Some(text) = &doc.text else {
+                    result.problem("ConfigMap without the JWKS key".into());
+                    continue;
+                };
+                if written_by_harness.contains(text) {
+                    continue;
+                }
+                // Invariant 8: Active first (when the document has it at all; a missing
+                // Active key is the checker's invariant 1).
+                if let Some(active) = &active
+                    && doc.contains(active)
+                    && doc.kids.first() != Some(active)
+                {
+                    result.problem("the Active key is not the first key".into());
+                }
+                if let Some(e) = &doc.parse_error {
+                    result.problem(format!("not a JWKS keyrotor accepts: {e}"));
+                }
+                match doc
+                    .sources
+                    .as_deref()
+                    .map(serde_json::from_str::<BTreeMap<String, Vec<String>>>)
+                {
+                    None => result.problem("no keyrotor.dev/sources annotation".into()),
+                    Some(Err(_)) => {
+                        result.problem("keyrotor.dev/sources is not a map of kid lists".into())
+                    }
+                    Some(Ok(sources)) => {
+                        let attributed: BTreeSet<&String> = sources.values().flatten().collect();
+                        if doc
+                            .kids
+                            .iter()
+                            .any(|k| !attributed.contains(k) && !foreign_kids.contains(k))
+                        {
+                            result.problem("a published kid is not in keyrotor.dev/sources".into());
+                        }
+                    }
+                }
+                if !seen.insert(text.clone()) {
+                    continue;
+                }
+                result.documents_checked += 1;
+                result.keys_checked += doc.kids.len();
+                let py = python
+                    .call(json!({"op": "conformance", "jwks": text}))
+                    .await;
+                match py["problems"].as_array() {
+                    Some(problems) => {
+                        for p in problems {
+                            result.problem(format!("RFC: {}", p.as_str().unwrap_or("?")));
+                        }
+                    }
+                    None => result.problem(format!("conformance check failed: {}", py["error"])),
+                }
+                let js = node.call(json!({"op": "thumbprints", "jwks": text})).await;
+                match js["keys"].as_array() {
+                    Some(keys) => {
+                        for key in keys {
+                            if key["thumbprint"] != key["kid"] {
+                                result.problem("jose: kid is not the RFC 7638 thumbprint".into());
+                            }
+                            if key["imported"].as_bool() != Some(true) {
+                                result
+                                    .problem(format!("jose cannot import a key: {}", key["error"]));
+                            }
+                        }
+                    }
+                    None => result.problem(format!("jose thumbprints failed: {}", js["error"])),
+                }
+            }
+            _ => {}
+        }
+    }
+    result
+}

@@ -1,0 +1,532 @@
+//! Self-tests of the pure parts (the checker above all): made-up histories with and
+//! without each kind of violation, so a clean report means the checker looked.
+//! They run on every `cargo test` (no control plane needed).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use keyrotor::ring::{ActivationException, KeyState};
+
+use crate::checker::{self, Cause, Findings};
+use crate::model::{
+    Action, ActionKind, Change, JwksView, KeyFacts, Observation, PolicyTiming, SecretView, Time,
+};
+use crate::participants::Delays;
+use crate::scenario::seconds_of;
+
+fn t(seconds: f64) -> Time {
+    let base: DateTime<Utc> = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
+    base + chrono::Duration::microseconds((seconds * 1e6) as i64)
+}
+
+fn timing() -> PolicyTiming {
+    PolicyTiming {
+        name: "p".into(),
+        secret_name: "p-signing-key".into(),
+        config_map_name: "p-jwks".into(),
+        rotation_interval: 10.0,
+        propagation_delay: 1.0,
+        max_token_lifetime: 4.0,
+    }
+}
+
+/// Builds a history, one object change at a time, with increasing resourceVersions.
+#[derive(Default)]
+struct Script {
+    observations: Vec<Observation>,
+    actions: Vec<Action>,
+    rv: u64,
+}
+
+struct K<'a> {
+    kid: &'a str,
+    state: KeyState,
+    published: Option<f64>,
+    activated: Option<f64>,
+    exception: Option<ActivationException>,
+}
+
+fn active(kid: &str, published: f64, activated: f64) -> K<'_> {
+    K {
+        kid,
+        state: KeyState::Active,
+        published: Some(published),
+        activated: Some(activated),
+        exception: None,
+    }
+}
+fn next(kid: &str, published: Option<f64>) -> K<'_> {
+    K {
+        kid,
+        state: KeyState::Next,
+        published,
+        activated: None,
+        exception: None,
+    }
+}
+fn retired(kid: &str) -> K<'_> {
+    K {
+        kid,
+        state: KeyState::Retired,
+        published: Some(0.0),
+        activated: Some(0.0),
+        exception: None,
+    }
+}
+
+impl Script {
+    fn secret(&mut self, at: f64, keys: &[K]) -> &mut Self {
+        self.rv += 1;
+        let kid = keys
+            .iter()
+            .find(|k| k.state == KeyState::Active)
+            .map(|k| k.kid.to_owned());
+        let ring = keys
+            .iter()
+            .map(|k| KeyFacts {
+                kid: k.kid.to_owned(),
+                state: k.state,
+                published_at: k.published.map(t),
+                activated_at: k.activated.map(t),
+                retired_at: None,
+                exception: k.exception,
+            })
+            .collect();
+        self.observations.push(Observation {
+            at: t(at),
+            rv: self.rv,
+            name: "p-signing-key".into(),
+            change: Change::Secret(Some(Arc::new(SecretView {
+                kid,
+                alg: Some("ES256".into()),
+                private_pem: None,
+                next_private_pem: None,
+                ring: Ok(ring),
+            }))),
+        });
+        self
+    }
+
+    fn delete_secret(&mut self, at: f64) -> &mut Self {
+        self.rv += 1;
+        self.observations.push(Observation {
+            at: t(at),
+            rv: self.rv,
+            name: "p-signing-key".into(),
+            change: Change::Secret(None),
+        });
+        self
+    }
+
+    fn jwks(&mut self, at: f64, kids: &[&str]) -> &mut Self {
+        self.rv += 1;
+        let text = serde_json::json!({"keys": kids.iter().map(|k| serde_json::json!({"kid": k})).collect::<Vec<_>>()});
+        let mut view = JwksView::from_text(Some(text.to_string()), None);
+        view.kids = kids.iter().map(|k| (*k).to_owned()).collect();
+        self.observations.push(Observation {
+            at: t(at),
+            rv: self.rv,
+            name: "p-jwks".into(),
+            change: Change::ConfigMap(Some(Arc::new(view))),
+        });
+        self
+    }
+
+    fn action(&mut self, at: f64, kind: ActionKind) -> &mut Self {
+        self.actions.push(Action { at: t(at), kind });
+        self
+    }
+
+    fn request(&mut self, at: f64) -> &mut Self {
+        self.action(
+            at,
+            ActionKind::RotateRequested {
+                policy: "p".into(),
+                value: format!("{at}"),
+            },
+        )
+    }
+
+    fn check(&self) -> Findings {
+        checker::check(&timing(), &self.observations, &self.actions)
+    }
+}
+
+/// A first key, then a clean requested rotation A → B at 2.0 (B published since 0.0).
+fn clean_start() -> Script {
+    let mut s = Script::default();
+    let mut first = active("A", 0.0, 0.0);
+    first.exception = Some(ActivationException::FirstKey);
+    s.secret(0.0, &[first, next("B", None)])
+        .jwks(0.01, &["A", "B"])
+        .secret(0.02, &[active("A", 0.0, 0.0), next("B", Some(0.015))])
+        .request(1.9)
+        .secret(
+            2.0,
+            &[active("B", 0.015, 2.0), next("C", None), retired("A")],
+        )
+        .jwks(2.01, &["B", "C", "A"]);
+    s
+}
+
+fn expect_violation(f: &Findings, invariant: &str) -> Result<(), String> {
+    if f.violations.iter().any(|v| v.invariant == invariant) {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected a violation of invariant {invariant}, got {:?}",
+            f.violations
+        ))
+    }
+}
+
+fn expect_clean(f: &Findings) -> Result<(), String> {
+    if f.violations.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("expected no violation, got {:?}", f.violations))
+    }
+}
+
+fn clean_history_passes() -> Result<(), String> {
+    let mut s = clean_start();
+    // A stays 1 + 4 seconds after 2.0, then leaves.
+    s.jwks(7.1, &["B", "C"]);
+    let f = s.check();
+    expect_clean(&f)?;
+    if f.rotations.len() != 1 || f.rotations[0].cause != Cause::Requested {
+        return Err(format!(
+            "expected one requested rotation, got {:?}",
+            f.rotations
+        ));
+    }
+    if f.exceptions.len() != 1 {
+        return Err(format!(
+            "expected the FirstKey exception, got {:?}",
+            f.exceptions
+        ));
+    }
+    Ok(())
+}
+
+fn early_activation_is_invariant_2() -> Result<(), String> {
+    let mut s = Script::default();
+    let mut first = active("A", 0.0, 0.0);
+    first.exception = Some(ActivationException::FirstKey);
+    s.secret(0.0, &[first, next("B", None)])
+        .jwks(0.01, &["A"])
+        .jwks(5.0, &["A", "B"])
+        .request(5.1)
+        .secret(5.3, &[active("B", 5.0, 5.3), next("C", None), retired("A")])
+        .jwks(5.31, &["B", "C", "A"]);
+    let f = s.check();
+    expect_violation(&f, "2")?;
+    // Both the observed and the ring's own times must have been caught.
+    if f.violations.iter().filter(|v| v.invariant == "2").count() < 2 {
+        return Err(format!(
+            "expected two invariant-2 findings, got {:?}",
+            f.violations
+        ));
+    }
+    Ok(())
+}
+
+fn hand_edit_breaks_continuity() -> Result<(), String> {
+    let mut s = Script::default();
+    let mut first = active("A", 0.0, 0.0);
+    first.exception = Some(ActivationException::FirstKey);
+    // B published at 0.01, removed at 1.5, back at 1.8: activation at 2.0 is too soon.
+    s.secret(0.0, &[first, next("B", Some(0.01))])
+        .jwks(0.01, &["A", "B"])
+        .jwks(1.5, &["A"])
+        .jwks(1.8, &["A", "B"])
+        .request(1.9)
+        .secret(
+            2.0,
+            &[active("B", 0.01, 2.0), next("C", None), retired("A")],
+        )
+        .jwks(2.01, &["B", "C", "A"]);
+    expect_violation(&s.check(), "2")
+}
+
+fn active_missing_from_jwks_is_invariant_1() -> Result<(), String> {
+    let mut s = clean_start();
+    s.jwks(3.0, &["C", "A"]);
+    expect_violation(&s.check(), "1")
+}
+
+fn early_removal_is_invariant_3() -> Result<(), String> {
+    let mut s = clean_start();
+    s.jwks(3.0, &["B", "C"]);
+    expect_violation(&s.check(), "3")
+}
+
+fn replaced_next_is_invariant_5() -> Result<(), String> {
+    let mut s = clean_start();
+    s.secret(
+        2.5,
+        &[active("B", 0.015, 2.0), next("D", None), retired("A")],
+    );
+    expect_violation(&s.check(), "5")
+}
+
+fn unrequested_early_rotation_is_invariant_5() -> Result<(), String> {
+    let mut s = clean_start();
+    s.jwks(2.02, &["B", "C", "A"])
+        .secret(
+            4.0,
+            &[
+                active("C", 2.02, 4.0),
+                next("D", None),
+                retired("B"),
+                retired("A"),
+            ],
+        )
+        .jwks(4.01, &["C", "D", "B", "A"]);
+    let f = s.check();
+    expect_violation(&f, "5")?;
+    if !f.violations.iter().any(|v| v.detail.contains("early")) {
+        return Err(format!(
+            "expected an early rotation, got {:?}",
+            f.violations
+        ));
+    }
+    Ok(())
+}
+
+fn one_request_one_rotation() -> Result<(), String> {
+    let mut s = clean_start();
+    // A second activation 2s later on the same (already honoured) request.
+    s.secret(
+        4.1,
+        &[
+            active("C", 2.01, 4.1),
+            next("D", None),
+            retired("B"),
+            retired("A"),
+        ],
+    )
+    .jwks(4.11, &["C", "D", "B", "A"]);
+    let f = s.check();
+    expect_violation(&f, "5")?;
+    // With a second request it is fine.
+    let mut s = clean_start();
+    s.request(4.0)
+        .secret(
+            4.1,
+            &[
+                active("C", 2.01, 4.1),
+                next("D", None),
+                retired("B"),
+                retired("A"),
+            ],
+        )
+        .jwks(4.11, &["C", "D", "B", "A"]);
+    expect_clean(&s.check())
+}
+
+fn scheduled_rotation_passes() -> Result<(), String> {
+    let mut s = clean_start();
+    s.secret(
+        12.1,
+        &[active("C", 2.01, 12.1), next("D", None), retired("B")],
+    )
+    .jwks(12.11, &["C", "D", "B"]);
+    let f = s.check();
+    expect_clean(&f)?;
+    if f.rotations.last().map(|r| r.cause) != Some(Cause::Scheduled) {
+        return Err(format!(
+            "expected a scheduled rotation, got {:?}",
+            f.rotations
+        ));
+    }
+    Ok(())
+}
+
+fn recovery_after_deletion_is_explained() -> Result<(), String> {
+    let mut s = clean_start();
+    let mut fresh = active("R", 0.0, 3.1);
+    fresh.published = None;
+    fresh.exception = Some(ActivationException::Recovery);
+    s.action(3.0, ActionKind::SecretDeleted { policy: "p".into() })
+        .delete_secret(3.0)
+        .secret(
+            3.1,
+            &[
+                fresh,
+                next("S", None),
+                retired("B"),
+                retired("C"),
+                retired("A"),
+            ],
+        )
+        .jwks(3.12, &["R", "S", "B", "C", "A"]);
+    let f = s.check();
+    expect_clean(&f)?;
+    if !f.exceptions.iter().any(|e| e.kid == "R") {
+        return Err(format!(
+            "expected the Recovery exception, got {:?}",
+            f.exceptions
+        ));
+    }
+    Ok(())
+}
+
+fn unjustified_exception_is_invariant_2() -> Result<(), String> {
+    let mut s = clean_start();
+    let mut fresh = active("R", 0.0, 3.1);
+    fresh.exception = Some(ActivationException::Revocation);
+    s.request(3.0)
+        .secret(3.1, &[fresh, next("C", None), retired("B"), retired("A")])
+        .jwks(3.12, &["R", "C", "B", "A"]);
+    expect_violation(&s.check(), "2")
+}
+
+fn revocation_is_explained() -> Result<(), String> {
+    let mut s = clean_start();
+    let mut fresh = active("C", 2.01, 2.5);
+    fresh.exception = Some(ActivationException::Revocation);
+    s.jwks(2.02, &["B", "C", "A"])
+        .action(
+            2.4,
+            ActionKind::Revoked {
+                policy: "p".into(),
+                kid: "B".into(),
+            },
+        )
+        .secret(2.5, &[fresh, next("D", None), retired("A")])
+        .jwks(2.51, &["C", "D", "A"]);
+    expect_clean(&s.check())
+}
+
+fn phantom_key_is_invariant_5() -> Result<(), String> {
+    let mut s = clean_start();
+    s.jwks(3.0, &["B", "C", "A", "X"]);
+    expect_violation(&s.check(), "5")
+}
+
+fn delays_only_move_forward() -> Result<(), String> {
+    let delays = Delays::new(42, 0.5);
+    let versions: Vec<(Time, Arc<u32>)> =
+        (0..50).map(|i| (t(i as f64 * 0.1), Arc::new(i))).collect();
+    let mut last = None;
+    let mut seen_lag = false;
+    for step in 0..200 {
+        let now = t(step as f64 * 0.03);
+        let v = delays.visible(&versions, now);
+        if v < last {
+            return Err(format!("visible version went back from {last:?} to {v:?}"));
+        }
+        if let Some(i) = v
+            && i + 1 < versions.len()
+            && versions[i + 1].0 <= now
+        {
+            seen_lag = true;
+        }
+        last = v;
+        for (i, _) in versions.iter().enumerate() {
+            let d = delays.get(i);
+            if !(0.0..0.5).contains(&d) {
+                return Err(format!("delay {d} out of range"));
+            }
+        }
+    }
+    if !seen_lag {
+        return Err("no participant ever lagged behind the newest version".into());
+    }
+    Ok(())
+}
+
+fn durations_parse() -> Result<(), String> {
+    for (text, want) in [("1s", 1.0), ("10s", 10.0), ("1m30s", 90.0), ("2h", 7200.0)] {
+        if seconds_of(text) != Ok(want) {
+            return Err(format!("{text} parsed as {:?}", seconds_of(text)));
+        }
+    }
+    for bad in ["", "5", "1x", "s"] {
+        if seconds_of(bad).is_ok() {
+            return Err(format!("{bad:?} parsed"));
+        }
+    }
+    Ok(())
+}
+
+type SelfTest = fn() -> Result<(), String>;
+
+/// Runs every self-test; prints one line each and a closing tally.
+pub fn run() -> bool {
+    let tests: [(&str, SelfTest); 15] = [
+        ("checker: a clean history passes", clean_history_passes),
+        (
+            "checker: activation before propagationDelay is invariant 2",
+            early_activation_is_invariant_2,
+        ),
+        (
+            "checker: a hand edit restarts the publication clock",
+            hand_edit_breaks_continuity,
+        ),
+        (
+            "checker: an Active kid missing from the JWKS is invariant 1",
+            active_missing_from_jwks_is_invariant_1,
+        ),
+        (
+            "checker: early removal of a retired key is invariant 3",
+            early_removal_is_invariant_3,
+        ),
+        (
+            "checker: a replaced Next key is invariant 5",
+            replaced_next_is_invariant_5,
+        ),
+        (
+            "checker: an unrequested early rotation is invariant 5",
+            unrequested_early_rotation_is_invariant_5,
+        ),
+        (
+            "checker: one rotate request allows one rotation",
+            one_request_one_rotation,
+        ),
+        (
+            "checker: a scheduled rotation passes",
+            scheduled_rotation_passes,
+        ),
+        (
+            "checker: recovery after a deleted Secret is an explained exception",
+            recovery_after_deletion_is_explained,
+        ),
+        (
+            "checker: an unjustified exception is invariant 2",
+            unjustified_exception_is_invariant_2,
+        ),
+        (
+            "checker: revocation is an explained exception",
+            revocation_is_explained,
+        ),
+        (
+            "checker: a published key no ring held is invariant 5",
+            phantom_key_is_invariant_5,
+        ),
+        (
+            "participants: visibility only moves forward and lags",
+            delays_only_move_forward,
+        ),
+        ("scenario: durations parse", durations_parse),
+    ];
+    let mut failed = 0;
+    for (name, test) in tests {
+        match test() {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(e) => {
+                failed += 1;
+                println!("test {name} ... FAILED: {e}");
+            }
+        }
+    }
+    println!(
+        "e2e self-test: {} passed, {failed} failed",
+        tests.len() - failed
+    );
+    failed == 0
+}
