@@ -45,3 +45,11 @@ cargo-test:
 
 test: tools
 	MAKE="$(MAKE)" tests/run $(TEST_STEPS)
+
+# PyJWT and jose accept our JWKs and verify tokens signed from our PEM and private
+# JWK, for every algorithm (tests/interop/; needs python3 and node, no cluster).
+test-interop:
+	CARGO="$(CARGO)" tests/interop/run
+
+TEST_STEPS += test-interop
+.PHONY: test-interop
