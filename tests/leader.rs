@@ -1,0 +1,345 @@
+//! Leader election on the real local control plane: two electors share one Lease.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use keyrotor::leader::{LeaderElector, LeaseConfig};
+use keyrotor::metrics::Metrics;
+use kube::Client;
+use support::TestNamespace;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+const LEASE: &str = "keyrotor-leader";
+
+/// Short timing so the tests take seconds, with the same proportions as the defaults.
+fn fast(namespace: &str, identity: &str) -> LeaseConfig {
+    LeaseConfig {
+        lease_duration: Duration::from_secs(6),
+        renew_interval: Duration::from_secs(2),
+        renew_deadline: Duration::from_secs(4),
+        retry_period: Duration::from_millis(500),
+        ..LeaseConfig::new(namespace, LEASE, identity)
+    }
+}
+
+async fn wait_for(elector: &LeaderElector, leader: bool, within: Duration) -> Instant {
+    let mut rx = elector.subscribe();
+    tokio::time::timeout(within, rx.wait_for(|now| *now == leader))
+        .await
+        .unwrap_or_else(|_| panic!("elector did not become leader={leader} within {within:?}"))
+        .expect("election task alive");
+    Instant::now()
+}
+
+async fn holder(client: &Client, namespace: &str) -> Option<String> {
+    let lease = kube::Api::<Lease>::namespaced(client.clone(), namespace)
+        .get(LEASE)
+        .await
+        .expect("lease exists");
+    lease.spec.and_then(|spec| spec.holder_identity)
+}
+
+/// Waits until exactly one of two electors (identities "a" and "b") leads and returns
+/// (leader, standby, the leader's identity).
+async fn elect(a: LeaderElector, b: LeaderElector) -> (LeaderElector, LeaderElector, &'static str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match (a.is_leader(), b.is_leader()) {
+            (true, false) => return (a, b, "a"),
+            (false, true) => return (b, a, "b"),
+            (true, true) => panic!("two leaders at once"),
+            (false, false) if Instant::now() > deadline => panic!("no leader within 15 s"),
+            (false, false) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn exactly_one_of_two_electors_leads_across_renewals() {
+    let client = support::client().await;
+    let ns = TestNamespace::new(&client, "leader-one").await;
+    let a = LeaderElector::start(client.clone(), fast(ns.name(), "a")).unwrap();
+    let b = LeaderElector::start(client.clone(), fast(ns.name(), "b")).unwrap();
+    let (leader, standby, leader_id) = elect(a, b).await;
+
+    // Five renewal periods: the same single leader all along.
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut samples = 0;
+    while Instant::now() < until {
+        assert!(
+            leader.is_leader(),
+            "the leader lost the lease without cause"
+        );
+        assert!(!standby.is_leader(), "the standby leads too");
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(samples > 100);
+
+    // The Lease names the elector that believes it leads.
+    let lease = kube::Api::<Lease>::namespaced(client.clone(), ns.name())
+        .get(LEASE)
+        .await
+        .unwrap();
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some(leader_id));
+    assert_eq!(spec.lease_duration_seconds, Some(6));
+    assert!(spec.renew_time.is_some() && spec.acquire_time.is_some());
+}
+
+#[tokio::test]
+async fn killing_the_leader_hands_over_within_the_lease_duration() {
+    let client = support::client().await;
+    let ns = TestNamespace::new(&client, "leader-kill").await;
+    let a = LeaderElector::start(client.clone(), fast(ns.name(), "a")).unwrap();
+    let b = LeaderElector::start(client.clone(), fast(ns.name(), "b")).unwrap();
+    let (leader, standby, _) = elect(a, b).await;
+    // Let the standby observe a renewal or two.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let killed = Instant::now();
+    drop(leader); // aborts the task: no release, like SIGKILL
+    let took_over = wait_for(&standby, true, Duration::from_secs(12)).await;
+    let handover = took_over - killed;
+    eprintln!("fast timing: handover after kill {handover:?}");
+    // The lease was renewed at most renew_interval (2 s) before the kill; the standby saw
+    // that renewal within its 0.5 s check period and takes the lease lease_duration (6 s)
+    // after seeing it.
+    assert!(
+        handover <= Duration::from_millis(6_000 + 500 + 1_000),
+        "handover took {handover:?}"
+    );
+    assert!(
+        handover >= Duration::from_secs(6) - Duration::from_secs(2),
+        "standby took an unexpired lease after {handover:?}"
+    );
+    assert!(holder(&client, ns.name()).await.is_some());
+}
+
+#[tokio::test]
+async fn graceful_shutdown_releases_the_lease_at_once() {
+    let client = support::client().await;
+    let ns = TestNamespace::new(&client, "leader-release").await;
+    let a = LeaderElector::start(client.clone(), fast(ns.name(), "a")).unwrap();
+    let b = LeaderElector::start(client.clone(), fast(ns.name(), "b")).unwrap();
+    let (leader, standby, _) = elect(a, b).await;
+    let mut leader_signal = leader.subscribe();
+
+    let stopped = Instant::now();
+    leader.shutdown().await.unwrap();
+    assert!(
+        !*leader_signal.borrow_and_update(),
+        "stepped down before releasing"
+    );
+    let took_over = wait_for(&standby, true, Duration::from_secs(5)).await;
+    eprintln!("handover after release {:?}", took_over - stopped);
+    // Far less than the 6 s lease: the standby saw an empty holder on its next check.
+    assert!(
+        took_over - stopped < Duration::from_millis(2_000),
+        "took {:?}",
+        took_over - stopped
+    );
+}
+
+#[tokio::test]
+async fn the_elector_reports_leadership_and_standby_readiness_in_metrics() {
+    let client = support::client().await;
+    let ns = TestNamespace::new(&client, "leader-metrics").await;
+    let (ma, mb) = (Metrics::new(), Metrics::new());
+    let a = LeaderElector::start_with_metrics(client.clone(), fast(ns.name(), "a"), ma.clone())
+        .unwrap();
+    wait_for(&a, true, Duration::from_secs(10)).await;
+    let b = LeaderElector::start_with_metrics(client.clone(), fast(ns.name(), "b"), mb.clone())
+        .unwrap();
+    support::eventually(
+        "the standby to be ready",
+        Duration::from_secs(5),
+        || async { mb.is_ready().then_some(()) },
+    )
+    .await;
+    let leader_gauge = |m: &Metrics| {
+        m.render()
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("keyrotor_leader ").map(str::to_owned))
+    };
+    assert_eq!(leader_gauge(&ma).as_deref(), Some("1"));
+    assert_eq!(leader_gauge(&mb).as_deref(), Some("0"));
+    // The leader's readiness waits for its controllers' first sync.
+    assert!(!ma.is_ready());
+
+    a.shutdown().await.unwrap();
+    wait_for(&b, true, Duration::from_secs(5)).await;
+    assert_eq!(leader_gauge(&ma).as_deref(), Some("0"));
+    assert_eq!(leader_gauge(&mb).as_deref(), Some("1"));
+    assert!(
+        !mb.is_ready(),
+        "a new leader is ready only after its own sync"
+    );
+}
+
+#[tokio::test]
+async fn default_timing_hands_over_within_fifteen_seconds() {
+    let client = support::client().await;
+    let ns = TestNamespace::new(&client, "leader-default").await;
+    let config = |id: &str| LeaseConfig::new(ns.name(), LEASE, id);
+    let a = LeaderElector::start(client.clone(), config("a")).unwrap();
+    let b = LeaderElector::start(client.clone(), config("b")).unwrap();
+    let (leader, standby, _) = elect(a, b).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed = Instant::now();
+    drop(leader);
+    let took_over = wait_for(&standby, true, Duration::from_secs(25)).await;
+    eprintln!(
+        "default timing: handover after kill {:?}",
+        took_over - killed
+    );
+    // 15 s lease after the standby last saw it renewed, which it sees within its 2 s
+    // check period.
+    assert!(
+        took_over - killed <= Duration::from_secs(15 + 2 + 1),
+        "handover took {:?}",
+        took_over - killed
+    );
+}
+
+/// A TCP proxy to the API server whose traffic can be frozen, as in a network
+/// partition: connections stay open, bytes stop flowing.
+struct Partition {
+    blocked: watch::Sender<bool>,
+    addr: std::net::SocketAddr,
+}
+
+impl Partition {
+    async fn start(upstream: String) -> Partition {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (blocked, _) = watch::channel(false);
+        let gate = blocked.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let gate = gate.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    wait_open(&gate).await;
+                    let Ok(outbound) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
+                    tokio::join!(
+                        pipe(in_read, out_write, gate.clone()),
+                        pipe(out_read, in_write, gate)
+                    );
+                });
+            }
+        });
+        Partition { blocked, addr }
+    }
+
+    fn block(&self) {
+        self.blocked.send_replace(true);
+    }
+
+    fn heal(&self) {
+        self.blocked.send_replace(false);
+    }
+}
+
+async fn wait_open(gate: &watch::Receiver<bool>) {
+    let mut gate = gate.clone();
+    let _ = gate.wait_for(|blocked| !*blocked).await;
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    gate: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        wait_open(&gate).await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_partitioned_leader_steps_down_before_anyone_can_take_over() {
+    let client = support::client().await;
+    let ns = TestNamespace::new(&client, "leader-partition").await;
+
+    let mut config = support::client_config().await;
+    let upstream = format!(
+        "{}:{}",
+        config.cluster_url.host().expect("API server host"),
+        config.cluster_url.port_u16().unwrap_or(443)
+    );
+    let partition = Partition::start(upstream).await;
+    config.cluster_url = format!("https://{}", partition.addr).parse().unwrap();
+    let partitioned_client = Client::try_from(config).unwrap();
+
+    let a = LeaderElector::start(partitioned_client, fast(ns.name(), "a")).unwrap();
+    wait_for(&a, true, Duration::from_secs(10)).await;
+    let b = LeaderElector::start(client.clone(), fast(ns.name(), "b")).unwrap();
+    // The standby has seen the lease held and renewed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(a.is_leader() && !b.is_leader());
+
+    // Watch both signals from here on, timestamping every change.
+    let overlap = Arc::new(AtomicBool::new(false));
+    let (a_rx, b_rx) = (a.subscribe(), b.subscribe());
+    let watcher = {
+        let overlap = overlap.clone();
+        tokio::spawn(async move {
+            loop {
+                if *a_rx.borrow() && *b_rx.borrow() {
+                    overlap.store(true, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    let cut = Instant::now();
+    partition.block();
+    let a_stepped_down = wait_for(&a, false, Duration::from_secs(8)).await;
+    let b_took_over = wait_for(&b, true, Duration::from_secs(12)).await;
+    watcher.abort();
+    eprintln!(
+        "partition: leader stepped down after {:?}, standby took over after {:?}",
+        a_stepped_down - cut,
+        b_took_over - cut
+    );
+
+    assert!(!overlap.load(Ordering::SeqCst), "both electors led at once");
+    assert!(
+        a_stepped_down < b_took_over,
+        "the standby took over before the partitioned leader stepped down"
+    );
+    // Renewed at most 2 s before the cut, the leader gives up 4 s after that renewal.
+    assert!(
+        a_stepped_down - cut <= Duration::from_millis(4_000 + 500),
+        "partitioned leader kept leading for {:?}",
+        a_stepped_down - cut
+    );
+    assert_eq!(holder(&client, ns.name()).await.as_deref(), Some("b"));
+
+    // Healed, the old leader finds the lease taken and stays a follower.
+    partition.heal();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!a.is_leader());
+    assert!(b.is_leader());
+}
