@@ -4,81 +4,14 @@
 mod chart_support;
 mod support;
 
-use chart_support::{documents, render};
+use chart_support::install_rbac;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use serde_json::Value;
 use support::TestNamespace;
-
-const RBAC_KINDS: &[&str] = &[
-    "ServiceAccount",
-    "Role",
-    "RoleBinding",
-    "ClusterRole",
-    "ClusterRoleBinding",
-];
-
-/// The chart's ServiceAccount and RBAC applied to the cluster; cluster-scoped objects
-/// are deleted on drop (namespaced ones go with their namespaces).
-struct InstalledRbac {
-    cluster_scoped: Vec<(String, String)>,
-    token: String,
-}
-
-impl Drop for InstalledRbac {
-    fn drop(&mut self) {
-        for (kind, name) in &self.cluster_scoped {
-            let _ = support::run_kubectl(&["delete", kind, name, "--ignore-not-found"]);
-        }
-    }
-}
-
-async fn install_rbac(release: &str, namespace: &str, sets: &[&str]) -> InstalledRbac {
-    let docs: Vec<Value> = documents(&render(release, namespace, sets))
-        .into_iter()
-        .filter(|doc| RBAC_KINDS.iter().any(|kind| doc["kind"] == *kind))
-        .collect();
-    let cluster_scoped = docs
-        .iter()
-        .filter(|doc| {
-            doc["kind"]
-                .as_str()
-                .is_some_and(|k| k.starts_with("Cluster"))
-        })
-        .map(|doc| {
-            (
-                doc["kind"].as_str().unwrap().to_lowercase(),
-                doc["metadata"]["name"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    let stream = docs
-        .iter()
-        .map(|doc| serde_yaml_ng::to_string(doc).unwrap())
-        .collect::<Vec<_>>()
-        .join("---\n");
-    support::run_kubectl_with_stdin(&["apply", "-f", "-"], Some(&stream))
-        .assert_success("applying the chart's RBAC");
-
-    let service_account = format!("{release}-keyrotor");
-    let token = support::run_kubectl(&[
-        "create",
-        "token",
-        &service_account,
-        "--namespace",
-        namespace,
-        "--duration=1h",
-    ]);
-    token.assert_success("TokenRequest for the chart's ServiceAccount");
-    InstalledRbac {
-        cluster_scoped,
-        token: token.stdout.trim().to_owned(),
-    }
-}
 
 /// What the API server's authorizer answers for this token.
 async fn can(
