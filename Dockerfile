@@ -11,7 +11,7 @@
 
 ARG RUST_VERSION=1.95
 
-FROM docker.io/library/rust:${RUST_VERSION}-slim-bookworm AS build
+FROM docker.io/library/rust:${RUST_VERSION}-slim-trixie AS build
 # musl-tools: the C compiler ring's assembly needs for a musl target.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \
