@@ -343,3 +343,186 @@ async fn a_partitioned_leader_steps_down_before_anyone_can_take_over() {
     assert!(!a.is_leader());
     assert!(b.is_leader());
 }
+
+mod chart_support;
+
+/// Activation times (policy status, second precision) of every key seen Active.
+fn activations(status: &serde_json::Value) -> Vec<(String, String)> {
+    status["keys"]
+        .as_array()
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|key| {
+                    Some((
+                        key["kid"].as_str()?.to_owned(),
+                        key["activatedAt"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_time(at: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(at)
+        .expect("an RFC 3339 time")
+        .to_utc()
+}
+
+#[tokio::test]
+async fn two_operator_replicas_one_writer_handover_keeps_the_schedule() {
+    let admin = support::client().await;
+    chart_support::install_crds();
+    let release_ns = TestNamespace::new(&admin, "ha").await;
+    let watched = TestNamespace::new(&admin, "ha-watched").await;
+    let release = format!("kr-{}", release_ns.name());
+    let rbac = chart_support::install_rbac(
+        &release,
+        release_ns.name(),
+        &[&format!("watchNamespaces={{{}}}", watched.name())],
+    )
+    .await;
+    let lease_name = "keyrotor-leader";
+    let args = [
+        format!("--namespace={}", watched.name()),
+        "--leader-elect".to_owned(),
+        format!("--lease-namespace={}", release_ns.name()),
+        format!("--lease-name={lease_name}"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // One token each, so the audit log tells the replicas apart.
+    let tokens = [rbac.token.clone(), rbac.new_token()];
+    let jtis = tokens
+        .each_ref()
+        .map(|token| chart_support::token_jti(token));
+    let mut replicas = ["a", "b"].map(|id| {
+        let index = usize::from(id == "b");
+        let kubeconfig =
+            chart_support::token_kubeconfig(&tokens[index], &format!("{release}-{id}.kubeconfig"));
+        chart_support::OperatorProcess::start(&kubeconfig, &format!("{release}-{id}"), &args)
+    });
+
+    let interval = Duration::from_secs(20);
+    chart_support::apply_policy(
+        watched.name(),
+        "api-tokens",
+        serde_json::json!({
+            "rotationInterval": "20s",
+            "propagationDelay": "5s",
+            "maxTokenLifetime": "5s",
+        }),
+    );
+    support::eventually(
+        "the policy to be Ready",
+        Duration::from_secs(40),
+        || async {
+            chart_support::get_policy(&admin, watched.name(), "api-tokens")
+                .await
+                .filter(chart_support::is_ready)
+        },
+    )
+    .await;
+
+    let leases = kube::Api::<Lease>::namespaced(admin.clone(), release_ns.name());
+    let holder = || async {
+        leases
+            .get_opt(lease_name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|lease| lease.spec?.holder_identity)
+    };
+    let first_holder = holder().await.expect("a leader holds the lease");
+    let leader = usize::from(first_holder.starts_with(&format!("{release}-b-")));
+    let standby = 1 - leader;
+
+    // Record every key that becomes active, polling the status.
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let next = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let recorder = tokio::spawn({
+        let (admin, ns) = (admin.clone(), watched.name().to_owned());
+        let (seen, next) = (seen.clone(), next.clone());
+        async move {
+            loop {
+                if let Some(policy) = chart_support::get_policy(&admin, &ns, "api-tokens").await {
+                    let (mut seen, mut next) = (seen.lock().unwrap(), next.lock().unwrap());
+                    for (kid, at) in activations(&policy["status"]) {
+                        seen.entry(kid).or_insert(at);
+                    }
+                    if let Some(kid) = policy["status"]["nextKeyID"].as_str() {
+                        next.insert(kid.to_owned());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    });
+
+    // A rotation under the first leader, then a SIGKILL mid-interval.
+    tokio::time::sleep(interval + Duration::from_secs(5)).await;
+    let killed_at = Instant::now();
+    replicas[leader].kill();
+    let new_holder = support::eventually(
+        "the standby to take the lease",
+        Duration::from_secs(25),
+        || async { holder().await.filter(|holder| *holder != first_holder) },
+    )
+    .await;
+    let handover = killed_at.elapsed();
+    assert!(new_holder.starts_with(&format!("{release}-{}-", ["a", "b"][standby])));
+    assert!(
+        handover <= Duration::from_secs(15 + 2 + 2),
+        "handover took {handover:?}"
+    );
+    eprintln!("operator handover after SIGKILL: {handover:?}");
+
+    // Two more intervals under the new leader.
+    tokio::time::sleep(2 * interval + Duration::from_secs(5)).await;
+    recorder.abort();
+
+    // Exactly one writer at a time: before the kill only the first leader wrote.
+    let kill_time = chrono::Utc::now() - chrono::Duration::from_std(killed_at.elapsed()).unwrap();
+    let writes = |jti: &str| -> Vec<chrono::DateTime<chrono::Utc>> {
+        chart_support::audit_events_of(jti)
+            .iter()
+            .filter(|event| chart_support::is_policy_write(event))
+            .filter_map(|event| event["requestReceivedTimestamp"].as_str().map(parse_time))
+            .collect()
+    };
+    let leader_writes = writes(&jtis[leader]);
+    let standby_writes = writes(&jtis[standby]);
+    assert!(!leader_writes.is_empty(), "the first leader wrote nothing");
+    assert!(
+        standby_writes.iter().all(|at| *at > kill_time),
+        "the standby wrote while the leader was alive"
+    );
+    assert!(!standby_writes.is_empty(), "the new leader wrote nothing");
+    assert!(replicas[standby].running());
+
+    // The schedule was kept: activations 20 s apart, never closer (no early or double
+    // rotation), and the one that fell into the handover late by at most its length.
+    let seen = seen.lock().unwrap().clone();
+    let next = next.lock().unwrap().clone();
+    // Every key that became active while we watched had been published as Next first.
+    let mut by_time: Vec<_> = seen.iter().map(|(kid, at)| (parse_time(at), kid)).collect();
+    by_time.sort();
+    for (_, kid) in by_time.iter().skip(1) {
+        assert!(
+            next.contains(*kid),
+            "{kid} became active without being Next"
+        );
+    }
+    let mut times: Vec<_> = seen.values().map(|at| parse_time(at)).collect();
+    times.sort();
+    assert!(times.len() >= 4, "activations seen: {times:?}");
+    let step_floor = chrono::Duration::seconds(20 - 1); // status times have 1 s precision
+    let step_ceiling = chrono::Duration::seconds(20 + 19 + 1);
+    for pair in times.windows(2) {
+        let step = pair[1] - pair[0];
+        assert!(
+            step >= step_floor && step <= step_ceiling,
+            "activations {} apart: {times:?}",
+            step.num_seconds()
+        );
+    }
+}

@@ -11,6 +11,9 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use std::time::Duration;
+
+use serde_json::Value;
 use support::TestNamespace;
 
 /// What the API server's authorizer answers for this token.
@@ -253,4 +256,219 @@ async fn cluster_wide_install_reads_everywhere_but_grants_nothing_more() {
             .list(&ListParams::default())
             .await
     ));
+}
+
+/// Private fields of a JWK (RFC 7518): none may appear outside the Secret.
+const PRIVATE_JWK_FIELDS: &[&str] = &["d", "p", "q", "dp", "dq", "qi"];
+
+/// Every private value held in the signing Secret: the fields of each private JWK in
+/// `private.jwk` and `ring.json`, and the base64 body lines of the PEM.
+fn private_material(secret: &Secret) -> Vec<String> {
+    let data = secret.data.clone().unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
+            .unwrap_or_default()
+    };
+    let mut found = Vec::new();
+    fn collect(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    if PRIVATE_JWK_FIELDS.contains(&key.as_str())
+                        && let Some(s) = value.as_str()
+                    {
+                        found.push(s.to_owned());
+                    }
+                    collect(value, found);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| collect(item, found)),
+            _ => {}
+        }
+    }
+    for key in ["private.jwk", "ring.json"] {
+        if let Ok(json) = serde_json::from_str::<Value>(&text(key)) {
+            collect(&json, &mut found);
+        }
+    }
+    found.extend(
+        text("private.pem")
+            .lines()
+            .filter(|line| !line.starts_with("-----") && line.len() >= 16)
+            .map(str::to_owned),
+    );
+    found
+}
+
+#[tokio::test]
+async fn the_operator_does_its_whole_job_with_only_the_charts_rbac() {
+    let admin = support::client().await;
+    chart_support::install_crds();
+    let release_ns = TestNamespace::new(&admin, "rbac-job").await;
+    let watched = TestNamespace::new(&admin, "rbac-job-watched").await;
+    let outside = TestNamespace::new(&admin, "rbac-job-outside").await;
+    let release = format!("kr-{}", release_ns.name());
+    let rbac = install_rbac(
+        &release,
+        release_ns.name(),
+        &[&format!("watchNamespaces={{{}}}", watched.name())],
+    )
+    .await;
+    let kubeconfig = chart_support::token_kubeconfig(&rbac.token, &format!("{release}.kubeconfig"));
+    let operator = chart_support::OperatorProcess::start(
+        &kubeconfig,
+        &format!("{release}-op"),
+        &[&format!("--namespace={}", watched.name())],
+    );
+
+    // Ready once its first watch has synced.
+    support::eventually("/readyz to pass", Duration::from_secs(30), || async {
+        matches!(operator.get("/readyz").await, Some((200, _))).then_some(())
+    })
+    .await;
+
+    let spec = serde_json::json!({
+        "algorithm": "ES256",
+        "rotationInterval": "12s",
+        "propagationDelay": "4s",
+        "maxTokenLifetime": "4s",
+    });
+    chart_support::apply_policy(watched.name(), "api-tokens", spec.clone());
+    chart_support::apply_policy(outside.name(), "ignored", spec);
+
+    let policy = support::eventually(
+        "the policy to be Ready",
+        Duration::from_secs(30),
+        || async {
+            chart_support::get_policy(&admin, watched.name(), "api-tokens")
+                .await
+                .filter(chart_support::is_ready)
+        },
+    )
+    .await;
+    let first_kid = policy["status"]["activeKeyID"]
+        .as_str()
+        .expect("an active kid")
+        .to_owned();
+
+    let secret = Api::<Secret>::namespaced(admin.clone(), watched.name())
+        .get("api-tokens-signing-key")
+        .await
+        .expect("the signing Secret");
+    let kid = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get("kid"))
+        .map(|kid| kid.0.clone());
+    assert_eq!(kid.as_deref(), Some(first_kid.as_bytes()));
+    let jwks = Api::<ConfigMap>::namespaced(admin.clone(), watched.name())
+        .get("api-tokens-jwks")
+        .await
+        .expect("the JWKS ConfigMap");
+    let jwks: Value = serde_json::from_str(&jwks.data.unwrap()["jwks.json"]).unwrap();
+    let kids: Vec<_> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key["kid"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(kids.contains(&first_kid), "{kids:?}");
+
+    // A rotation happens on schedule, and the metrics move with it.
+    let rotated = support::eventually("a scheduled rotation", Duration::from_secs(40), || async {
+        let policy = chart_support::get_policy(&admin, watched.name(), "api-tokens").await?;
+        let active = policy["status"]["activeKeyID"].as_str()?.to_owned();
+        (active != first_kid).then_some(policy)
+    })
+    .await;
+    let (_, metrics) = operator.get("/metrics").await.expect("/metrics answers");
+    let labels = format!("namespace=\"{}\",name=\"api-tokens\"", watched.name());
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("keyrotor_rotations_total{") && line.contains(&labels)),
+        "no rotation counted:\n{metrics}"
+    );
+    for gauge in [
+        "keyrotor_policy_seconds_until_next_rotation",
+        "keyrotor_policy_active_key_age_seconds",
+        "keyrotor_policy_keys_published",
+    ] {
+        assert!(
+            chart_support::sample(&metrics, &format!("{gauge}{{{labels}}}")).is_some(),
+            "no {gauge}:\n{metrics}"
+        );
+    }
+    assert!(chart_support::sample(&metrics, "keyrotor_reconciles_total").unwrap_or(0.0) > 0.0);
+
+    // It never touched the namespace it does not manage.
+    assert!(
+        Api::<Secret>::namespaced(admin.clone(), outside.name())
+            .get_opt("ignored-signing-key")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Nothing it asked for was refused: the chart's RBAC is sufficient.
+    let username = rbac.username();
+    let requests: Vec<_> = support::audit_events()
+        .into_iter()
+        .filter(|event| event["user"]["username"] == username.as_str())
+        .collect();
+    let writes = requests
+        .iter()
+        .filter(|e| chart_support::is_policy_write(e))
+        .count();
+    assert!(writes >= 4, "only {writes} writes by {username}");
+    let refused: Vec<_> = requests
+        .iter()
+        .filter(|event| event["responseStatus"]["code"] == 403)
+        .map(|event| event["requestURI"].clone())
+        .collect();
+    assert!(refused.is_empty(), "requests refused: {refused:?}");
+    let logs = operator.logs();
+    assert!(
+        !logs.to_lowercase().contains("forbidden"),
+        "the operator logged a refusal:\n{logs}"
+    );
+
+    // No private material in its logs, metrics, Events, status or JWKS.
+    let secret = Api::<Secret>::namespaced(admin.clone(), watched.name())
+        .get("api-tokens-signing-key")
+        .await
+        .unwrap();
+    let secrets = private_material(&secret);
+    assert!(secrets.len() >= 2, "found no private material to look for");
+    let events = support::run_kubectl(&[
+        "get",
+        "events.events.k8s.io",
+        "--namespace",
+        watched.name(),
+        "-o",
+        "json",
+    ]);
+    events.assert_success("listing Events");
+    let jwks = Api::<ConfigMap>::namespaced(admin.clone(), watched.name())
+        .get("api-tokens-jwks")
+        .await
+        .unwrap();
+    let haystacks = [
+        ("logs", operator.logs()),
+        ("metrics", metrics),
+        ("events", events.stdout),
+        ("status", rotated["status"].to_string()),
+        ("jwks", serde_json::to_string(&jwks.data).unwrap()),
+    ];
+    for (what, text) in &haystacks {
+        assert!(!text.is_empty() || *what == "events", "{what} is empty");
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "private material in {what}"
+            );
+        }
+        assert!(!text.contains("PRIVATE KEY"), "a PEM in {what}");
+    }
 }

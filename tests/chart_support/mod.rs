@@ -330,3 +330,74 @@ impl Drop for OperatorProcess {
         self.kill();
     }
 }
+
+/// Creates (or updates) a JwtSigningKey as the admin.
+pub fn apply_policy(namespace: &str, name: &str, spec: Value) {
+    let policy = serde_json::json!({
+        "apiVersion": "keyrotor.dev/v1alpha1",
+        "kind": "JwtSigningKey",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": spec,
+    });
+    support::run_kubectl_with_stdin(&["apply", "-f", "-"], Some(&policy.to_string()))
+        .assert_success("applying a JwtSigningKey");
+}
+
+/// The JwtSigningKey as JSON, read as the admin.
+pub async fn get_policy(client: &kube::Client, namespace: &str, name: &str) -> Option<Value> {
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("keyrotor.dev", "v1alpha1", "JwtSigningKey"),
+        "jwtsigningkeys",
+    );
+    let api: kube::Api<DynamicObject> =
+        kube::Api::namespaced_with(client.clone(), namespace, &resource);
+    let object = api.get_opt(name).await.expect("reading a JwtSigningKey")?;
+    Some(serde_json::to_value(object).expect("JSON"))
+}
+
+/// Whether the policy's `Ready` condition is `True`.
+pub fn is_ready(policy: &Value) -> bool {
+    policy["status"]["conditions"]
+        .as_array()
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// The `jti` claim of a ServiceAccount token: the audit log's credential id is `JTI=<jti>`.
+pub fn token_jti(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url claims");
+    let claims: Value = serde_json::from_slice(&claims).expect("JSON claims");
+    claims["jti"].as_str().expect("a jti claim").to_owned()
+}
+
+/// Audit events of requests made with the token whose jti is `jti`.
+pub fn audit_events_of(jti: &str) -> Vec<Value> {
+    let credential = format!("JTI={jti}");
+    support::audit_events()
+        .into_iter()
+        .filter(|event| {
+            strings(&event["user"]["extra"]["authentication.kubernetes.io/credential-id"])
+                .contains(&credential.as_str())
+        })
+        .collect()
+}
+
+/// Whether an audit event is a write keyrotor makes for a policy (Secret, ConfigMap,
+/// policy status, Event), as opposed to election or review traffic.
+pub fn is_policy_write(event: &Value) -> bool {
+    let verb = event["verb"].as_str().unwrap_or_default();
+    let resource = event["objectRef"]["resource"].as_str().unwrap_or_default();
+    matches!(verb, "create" | "update" | "patch" | "delete")
+        && matches!(
+            resource,
+            "secrets" | "configmaps" | "jwtsigningkeys" | "events"
+        )
+}
