@@ -123,6 +123,32 @@ fn container(docs: &[Value]) -> &Value {
     &containers[0]
 }
 
+/// The chart ships exactly the generated CRDs of `crds/` (`keyrotor crd`). After
+/// regenerating them: `cp crds/*.yaml charts/keyrotor/crds/`.
+#[test]
+fn chart_crds_match_the_generated_crds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let names = |dir: &str| -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(root.join(dir))
+            .unwrap_or_else(|err| panic!("reading {dir}: {err}"))
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".yaml"))
+            .collect();
+        names.sort();
+        names
+    };
+    let generated = names("crds");
+    assert!(!generated.is_empty());
+    assert_eq!(names("charts/keyrotor/crds"), generated);
+    for name in &generated {
+        let read = |dir: &str| std::fs::read(root.join(dir).join(name)).unwrap();
+        assert!(
+            read("charts/keyrotor/crds") == read("crds"),
+            "charts/keyrotor/crds/{name} differs from crds/{name}: run `cp crds/*.yaml charts/keyrotor/crds/`"
+        );
+    }
+}
+
 #[test]
 fn lint_passes_for_default_values_and_for_watched_namespaces() {
     let chart = chart_dir_str();
