@@ -172,7 +172,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
             leader::default_identity(),
         );
         info!(lease = %config.name, namespace = %config.namespace, identity = %config.identity, "leader election enabled");
-        Some(leader::LeaderElector::start(client.clone(), config).map_err(|e| e.to_string())?)
+        // With metrics: a standby passes /readyz while its Lease checks succeed.
+        Some(
+            leader::LeaderElector::start_with_metrics(client.clone(), config, metrics.clone())
+                .map_err(|e| e.to_string())?,
+        )
     } else {
         None
     };

@@ -514,6 +514,15 @@ async fn two_operator_replicas_one_writer_handover_keeps_the_schedule() {
     }
     let mut times: Vec<_> = seen.values().map(|at| parse_time(at)).collect();
     times.sort();
+    eprintln!(
+        "writes: first leader {}, new leader {}; activations: {:?}",
+        leader_writes.len(),
+        standby_writes.len(),
+        times
+            .iter()
+            .map(|t| t.format("%H:%M:%S").to_string())
+            .collect::<Vec<_>>()
+    );
     assert!(times.len() >= 4, "activations seen: {times:?}");
     let step_floor = chrono::Duration::seconds(20 - 1); // status times have 1 s precision
     let step_ceiling = chrono::Duration::seconds(20 + 19 + 1);
