@@ -535,3 +535,79 @@ async fn two_operator_replicas_one_writer_handover_keeps_the_schedule() {
         );
     }
 }
+
+#[tokio::test]
+async fn sigterm_on_the_leader_process_hands_over_at_once() {
+    let admin = support::client().await;
+    chart_support::install_crds();
+    let release_ns = TestNamespace::new(&admin, "ha-term").await;
+    let watched = TestNamespace::new(&admin, "ha-term-watched").await;
+    let release = format!("kr-{}", release_ns.name());
+    let rbac = chart_support::install_rbac(
+        &release,
+        release_ns.name(),
+        &[&format!("watchNamespaces={{{}}}", watched.name())],
+    )
+    .await;
+    let kubeconfig = chart_support::token_kubeconfig(&rbac.token, &format!("{release}.kubeconfig"));
+    let args = [
+        format!("--namespace={}", watched.name()),
+        "--leader-elect".to_owned(),
+        format!("--lease-namespace={}", release_ns.name()),
+        "--lease-name=keyrotor-leader".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut replicas = ["a", "b"].map(|id| {
+        chart_support::OperatorProcess::start(&kubeconfig, &format!("{release}-{id}"), &args)
+    });
+
+    let leases = kube::Api::<Lease>::namespaced(admin.clone(), release_ns.name());
+    let holder = || async {
+        leases
+            .get_opt("keyrotor-leader")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|lease| lease.spec?.holder_identity)
+    };
+    let first = support::eventually("a leader", Duration::from_secs(20), || holder()).await;
+    let leader = usize::from(first.starts_with(&format!("{release}-b-")));
+    // Both replicas answer /readyz: the leader after its first sync, the standby as a
+    // healthy standby.
+    for replica in &replicas {
+        support::eventually(
+            "/readyz on both replicas",
+            Duration::from_secs(20),
+            || async { matches!(replica.get("/readyz").await, Some((200, _))).then_some(()) },
+        )
+        .await;
+    }
+    assert_eq!(replicas[leader].metric("keyrotor_leader").await, Some(1.0));
+    assert_eq!(
+        replicas[1 - leader].metric("keyrotor_leader").await,
+        Some(0.0)
+    );
+
+    let stopped = Instant::now();
+    assert!(
+        replicas[leader].terminate(),
+        "the leader did not exit cleanly on SIGTERM"
+    );
+    let exited = stopped.elapsed();
+    let next = support::eventually("the standby to lead", Duration::from_secs(10), || async {
+        holder().await.filter(|holder| *holder != first)
+    })
+    .await;
+    let handover = stopped.elapsed();
+    eprintln!("SIGTERM: leader exited after {exited:?}, standby held the lease after {handover:?}");
+    assert!(next.starts_with(&format!("{release}-{}-", ["a", "b"][1 - leader])));
+    // Far below the 15 s lease: the leader released it.
+    assert!(
+        handover < exited + Duration::from_secs(4),
+        "handover took {handover:?}"
+    );
+    support::eventually("the new leader's gauge", Duration::from_secs(5), || async {
+        (replicas[1 - leader].metric("keyrotor_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
+}

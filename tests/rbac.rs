@@ -472,3 +472,61 @@ async fn the_operator_does_its_whole_job_with_only_the_charts_rbac() {
         assert!(!text.contains("PRIVATE KEY"), "a PEM in {what}");
     }
 }
+
+#[tokio::test]
+async fn readyz_fails_until_the_first_successful_watch() {
+    let admin = support::client().await;
+    chart_support::install_crds();
+    let release_ns = TestNamespace::new(&admin, "rbac-ready").await;
+    let watched = TestNamespace::new(&admin, "rbac-ready-watched").await;
+    let release = format!("kr-{}", release_ns.name());
+    let service_account = format!("{release}-keyrotor");
+    // The ServiceAccount alone, without its roles: every watch is refused.
+    support::run_kubectl(&[
+        "create",
+        "serviceaccount",
+        &service_account,
+        "--namespace",
+        release_ns.name(),
+    ])
+    .assert_success("creating the ServiceAccount");
+    let token = support::run_kubectl(&[
+        "create",
+        "token",
+        &service_account,
+        "--namespace",
+        release_ns.name(),
+        "--duration=1h",
+    ]);
+    token.assert_success("TokenRequest");
+    let kubeconfig =
+        chart_support::token_kubeconfig(token.stdout.trim(), &format!("{release}.kubeconfig"));
+    let operator = chart_support::OperatorProcess::start(
+        &kubeconfig,
+        &format!("{release}-op"),
+        &[&format!("--namespace={}", watched.name())],
+    );
+
+    support::eventually("/healthz", Duration::from_secs(20), || async {
+        matches!(operator.get("/healthz").await, Some((200, _))).then_some(())
+    })
+    .await;
+    for _ in 0..10 {
+        let (status, body) = operator.get("/readyz").await.expect("/readyz answers");
+        assert_eq!(status, 503, "ready without a successful watch: {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Grant the chart's roles: the next watch attempt succeeds and readiness follows.
+    let rbac = install_rbac(
+        &release,
+        release_ns.name(),
+        &[&format!("watchNamespaces={{{}}}", watched.name())],
+    )
+    .await;
+    assert_eq!(rbac.service_account, service_account);
+    support::eventually("/readyz to pass", Duration::from_secs(60), || async {
+        matches!(operator.get("/readyz").await, Some((200, _))).then_some(())
+    })
+    .await;
+}
