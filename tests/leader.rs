@@ -570,7 +570,7 @@ async fn sigterm_on_the_leader_process_hands_over_at_once() {
             .flatten()
             .and_then(|lease| lease.spec?.holder_identity)
     };
-    let first = support::eventually("a leader", Duration::from_secs(20), || holder()).await;
+    let first = support::eventually("a leader", Duration::from_secs(20), &holder).await;
     let leader = usize::from(first.starts_with(&format!("{release}-b-")));
     // Both replicas answer /readyz: the leader after its first sync, the standby as a
     // healthy standby.
