@@ -376,31 +376,53 @@ async fn the_operator_does_its_whole_job_with_only_the_charts_rbac() {
     assert!(kids.contains(&first_kid), "{kids:?}");
 
     // A rotation happens on schedule, and the metrics move with it.
+    let labels = format!("namespace=\"{}\",name=\"api-tokens\"", watched.name());
+    let rotations = |text: &str| -> f64 {
+        text.lines()
+            .filter(|line| line.starts_with("keyrotor_rotations_total{") && line.contains(&labels))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let gauge =
+        |text: &str, name: &str| chart_support::sample(text, &format!("{name}{{{labels}}}"));
+    let (_, before) = operator.get("/metrics").await.expect("/metrics answers");
     let rotated = support::eventually("a scheduled rotation", Duration::from_secs(40), || async {
         let policy = chart_support::get_policy(&admin, watched.name(), "api-tokens").await?;
         let active = policy["status"]["activeKeyID"].as_str()?.to_owned();
         (active != first_kid).then_some(policy)
     })
     .await;
+    // The status is written last: the metrics have already moved.
     let (_, metrics) = operator.get("/metrics").await.expect("/metrics answers");
-    let labels = format!("namespace=\"{}\",name=\"api-tokens\"", watched.name());
     assert!(
-        metrics
-            .lines()
-            .any(|line| line.starts_with("keyrotor_rotations_total{") && line.contains(&labels)),
-        "no rotation counted:\n{metrics}"
+        rotations(&metrics) > rotations(&before),
+        "rotations did not move:\nbefore:\n{before}\nafter:\n{metrics}"
     );
-    for gauge in [
-        "keyrotor_policy_seconds_until_next_rotation",
-        "keyrotor_policy_active_key_age_seconds",
-        "keyrotor_policy_keys_published",
-    ] {
-        assert!(
-            chart_support::sample(&metrics, &format!("{gauge}{{{labels}}}")).is_some(),
-            "no {gauge}:\n{metrics}"
-        );
-    }
-    assert!(chart_support::sample(&metrics, "keyrotor_reconciles_total").unwrap_or(0.0) > 0.0);
+    let writes =
+        |text: &str| chart_support::sample(text, "keyrotor_api_writes_total{kind=\"secret\"}");
+    assert!(
+        writes(&metrics) > writes(&before),
+        "Secret writes did not move"
+    );
+    assert!(
+        chart_support::sample(&metrics, "keyrotor_reconciles_total")
+            > chart_support::sample(&before, "keyrotor_reconciles_total")
+    );
+    // The new active key is younger than the old one was; the next rotation is again
+    // about one interval away.
+    let age_before = gauge(&before, "keyrotor_policy_active_key_age_seconds").expect("age gauge");
+    let age_after = gauge(&metrics, "keyrotor_policy_active_key_age_seconds").expect("age gauge");
+    assert!(
+        (0.0..12.0).contains(&age_after),
+        "age {age_before} -> {age_after}"
+    );
+    let until =
+        gauge(&metrics, "keyrotor_policy_seconds_until_next_rotation").expect("until gauge");
+    assert!(
+        until > 0.0 && until <= 12.0,
+        "seconds until next rotation: {until}"
+    );
+    assert!(gauge(&metrics, "keyrotor_policy_keys_published").unwrap_or(0.0) >= 2.0);
 
     // It never touched the namespace it does not manage.
     assert!(
