@@ -70,6 +70,9 @@ pub struct Findings {
     pub min_prepublication_margin: Option<f64>,
     /// Smallest (time in JWKS after retirement) - (propagationDelay + maxTokenLifetime).
     pub min_retention_margin: Option<f64>,
+    /// Longest time from a key's activatedAt (the operator's clock when it planned the
+    /// rotation) to the watch delivering the Secret that names it.
+    pub max_activation_lag: Option<f64>,
     /// Watches that had to list again (changes in between may be unseen).
     pub observation_gaps: usize,
     pub secret_versions: usize,
@@ -323,6 +326,11 @@ impl<'a> Replay<'a> {
 
     fn on_activation(&mut self, at: Time, old: Option<&SecretView>, new: &SecretView, kid: &str) {
         let facts = new.key(kid).cloned();
+        if let Some(activated_at) = facts.as_ref().and_then(|f| f.activated_at) {
+            let lag = secs(activated_at, at);
+            let max = self.findings.max_activation_lag.get_or_insert(lag);
+            *max = max.max(lag);
+        }
         let exception = facts.as_ref().and_then(|f| f.exception);
         let old_kid = old.and_then(|s| s.kid.clone());
         let first = !self.secret_ever;

@@ -132,6 +132,14 @@ async fn suite() -> Result<bool, String> {
                 report.name,
                 if report.passed { "passed" } else { "FAILED" }
             );
+            // Each scenario's own report as soon as its phase ends.
+            let text = report::print_scenario(&report);
+            print!("{text}");
+            let dir = out.join(&report.name);
+            let _ = std::fs::write(dir.join("report.txt"), &text);
+            if let Ok(json) = serde_json::to_string_pretty(&report) {
+                let _ = std::fs::write(dir.join("report.json"), json);
+            }
             reports.push(report);
         }
     }

@@ -56,6 +56,8 @@ impl OperatorSet {
             .arg(&self.namespace)
             .arg("--metrics-addr")
             .arg("127.0.0.1:0")
+            .arg("--log-format")
+            .arg("json")
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

@@ -26,7 +26,7 @@ pub const ISSUER: &str = "keyrotor-e2e-issuer";
 pub const SYNC_SHARE: f64 = 0.45;
 pub const CACHE_SHARE: f64 = 0.45;
 /// Re-verification happens this long before `exp`.
-pub const REVERIFY_BEFORE_EXP: f64 = 0.5;
+pub const REVERIFY_BEFORE_EXP: f64 = 0.75;
 
 pub fn jwt_algorithm(alg: &str) -> Option<Algorithm> {
     Some(match alg {
@@ -125,6 +125,8 @@ pub struct LibraryStats {
     pub late: u64,
     /// Not sent because the process was too far behind.
     pub skipped_busy: u64,
+    /// Longest time from sending a token to the process until its answer, seconds.
+    pub max_latency_seconds: f64,
 }
 
 #[derive(Debug, Default)]
@@ -137,9 +139,16 @@ pub struct Results {
 
 pub type SharedResults = Arc<Mutex<Results>>;
 
-fn record(results: &SharedResults, library: &'static str, check: Check, outcome: Outcome) {
+fn record(
+    results: &SharedResults,
+    library: &'static str,
+    check: Check,
+    outcome: Outcome,
+    latency: f64,
+) {
     let Ok(mut r) = results.lock() else { return };
     let stats = r.libraries.entry(library).or_default();
+    stats.max_latency_seconds = stats.max_latency_seconds.max(latency);
     match (&outcome, check) {
         (Outcome::Ok, Check::AtIssue) => stats.verified_at_issue += 1,
         (Outcome::Ok, Check::BeforeExpiry) => stats.verified_before_expiry += 1,
@@ -345,7 +354,7 @@ impl Verifier {
                     Ok(_) => Outcome::Ok,
                     Err(e) => failure(e, Utc::now()),
                 };
-                record(results, library, check, outcome);
+                record(results, library, check, outcome, 0.0);
             }
             Backend::Process(p) => {
                 if p.in_flight() > 4000 {
@@ -355,6 +364,7 @@ impl Verifier {
                     return;
                 }
                 let results = results.clone();
+                let sent = Instant::now();
                 p.send(
                     json!({"op": "verify", "verifier": self.id, "token": token, "alg": alg}),
                     move |response| {
@@ -369,7 +379,13 @@ impl Verifier {
                             let error = response["error"].as_str().unwrap_or("?").to_owned();
                             failure(error, at)
                         };
-                        record(&results, library, check, outcome);
+                        record(
+                            &results,
+                            library,
+                            check,
+                            outcome,
+                            sent.elapsed().as_secs_f64(),
+                        );
                     },
                 );
             }

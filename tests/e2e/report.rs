@@ -32,6 +32,9 @@ fn library_line(s: &ScenarioReport) -> String {
         if l.late + l.skipped_busy > 0 {
             let _ = write!(out, " ({} late, {} skipped)", l.late, l.skipped_busy);
         }
+        if l.max_latency_seconds > 0.0 {
+            let _ = write!(out, " (max latency {:.2}s)", l.max_latency_seconds);
+        }
         out.push_str("; ");
     }
     out.trim_end_matches("; ").to_owned()
@@ -45,6 +48,21 @@ pub fn print(report: &Report) -> String {
         report.seed
     );
     for s in &report.scenarios {
+        out.push_str(&print_scenario(s));
+    }
+    let passed = report.scenarios.iter().filter(|s| s.passed).count();
+    let _ = writeln!(out, "\nwhole run: {:.0}s", report.seconds);
+    let _ = writeln!(
+        out,
+        "e2e: {passed} passed, {} failed",
+        report.scenarios.len() - passed
+    );
+    out
+}
+
+pub fn print_scenario(s: &ScenarioReport) -> String {
+    let mut out = String::new();
+    {
         let settings = s.settings.as_ref();
         let _ = writeln!(
             out,
@@ -115,13 +133,15 @@ pub fn print(report: &Report) -> String {
         }
         let _ = writeln!(
             out,
-            "  invariant violations: {}; exceptions to pre-publication: {}; min pre-publication margin {}; min retention margin {}; watch relists {}",
+            "  invariant violations: {}; exceptions to pre-publication: {}; min pre-publication margin {}; min retention margin {}; max lag activatedAt -> Secret seen {}; watch relists {}",
             s.invariant_violations.len(),
             s.prepublication_exceptions.len(),
             s.min_prepublication_margin_seconds
                 .map_or("-".into(), |m| format!("{m:+.3}s")),
             s.min_retention_margin_seconds
                 .map_or("-".into(), |m| format!("{m:+.3}s")),
+            s.max_activation_lag_seconds
+                .map_or("-".into(), |m| format!("{m:.3}s")),
             s.observation_gaps
         );
         for v in s.invariant_violations.iter().take(5) {
@@ -196,12 +216,5 @@ pub fn print(report: &Report) -> String {
             );
         }
     }
-    let passed = report.scenarios.iter().filter(|s| s.passed).count();
-    let _ = writeln!(out, "\nwhole run: {:.0}s", report.seconds);
-    let _ = writeln!(
-        out,
-        "e2e: {passed} passed, {} failed",
-        report.scenarios.len() - passed
-    );
     out
 }

@@ -237,12 +237,15 @@ pub struct ScenarioReport {
     pub prepublication_exceptions: Vec<Exception>,
     pub min_prepublication_margin_seconds: Option<f64>,
     pub min_retention_margin_seconds: Option<f64>,
+    pub max_activation_lag_seconds: Option<f64>,
     pub observation_gaps: usize,
     pub watch_errors: u64,
     pub faults_injected: BTreeMap<String, usize>,
     pub kills_between_secret_and_configmap_write: u64,
     pub restarts: Vec<Action>,
     pub operator_crashes: Vec<String>,
+    /// Operator log lines that look like private key material (invariant 4).
+    pub private_material_log_lines: usize,
     pub attacks: Vec<AttackResult>,
     pub conformance: Conformance,
     pub passed: bool,
@@ -417,6 +420,12 @@ fn judge(s: &Resolved, report: &mut ScenarioReport) {
             r.conformance.problems.len()
         ));
     }
+    if r.private_material_log_lines > 0 {
+        r.problems.push(format!(
+            "{} operator log lines look like private key material",
+            r.private_material_log_lines
+        ));
+    }
     if !r.operator_crashes.is_empty() {
         r.problems.push(format!(
             "the operator exited by itself {} times",
@@ -535,6 +544,13 @@ async fn run_into(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Services start once the first key is out: its FirstKey exception (no
+    // pre-publication possible) is not what the scenario measures.
+    let first_published = history.jwks_versions(&timing.config_map_name)[0].0;
+    let warm = secs(first_published, Utc::now());
+    if warm < pd + 0.2 {
+        tokio::time::sleep(Duration::from_secs_f64(pd + 0.2 - warm)).await;
+    }
     let results = participants::SharedResults::default();
     let traffic = TokenTraffic {
         alg: s.algorithm.clone(),
@@ -667,6 +683,18 @@ async fn run_into(
     }
 
     operators.lock().await.stop_all().await;
+    report.private_material_log_lines = (0..replicas)
+        .filter_map(|r| std::fs::read_to_string(dir.join(format!("operator-{r}.log"))).ok())
+        .map(|log| {
+            log.lines()
+                .filter(|l| {
+                    l.contains("PRIVATE KEY")
+                        || l.contains("\"d\":\"")
+                        || l.contains("\\\"d\\\":\\\"")
+                })
+                .count()
+        })
+        .sum();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = stop_watch_tx.send(true);
     for watch in watches {
@@ -722,6 +750,7 @@ async fn run_into(
     report.rotations.completed = findings.prepublished_rotations();
     report.min_prepublication_margin_seconds = findings.min_prepublication_margin;
     report.min_retention_margin_seconds = findings.min_retention_margin;
+    report.max_activation_lag_seconds = findings.max_activation_lag;
     report.observation_gaps = findings.observation_gaps;
     report.watch_errors = history.watch_errors.lock().map(|e| *e).unwrap_or(0);
     report.invariant_violations = findings.violations.clone();
