@@ -255,7 +255,7 @@ pub fn client(mut config: kube::Config) -> Result<Client, kube::Error> {
 }
 
 /// Runs the controllers while this replica leads (always, without `leadership`) until
-/// `shutdown` resolves. Losing the lease stops every write at once; regaining it starts
+/// `shutdown` resolves. With `leadership`, the elector keeps the leader gauge. Losing the lease stops every write at once; regaining it starts
 /// afresh from the API server's state.
 pub async fn run_with_leadership(
     client: Client,
@@ -280,7 +280,6 @@ pub async fn run_with_leadership(
             () = shutdown.clone() => return Ok(()),
         }
         info!("leading: starting the controllers");
-        metrics.set_leader(true);
         let lost = {
             let mut leadership = leadership.clone();
             async move {
@@ -289,13 +288,9 @@ pub async fn run_with_leadership(
         };
         tokio::select! {
             () = run(client.clone(), &settings, metrics.clone(), shutdown.clone()) => {
-                metrics.set_leader(false);
                 return Ok(());
             }
-            () = lost => {
-                warn!("lost the leader lease: stopping every write");
-                metrics.set_leader(false);
-            }
+            () = lost => warn!("lost the leader lease: stopping every write"),
         }
     }
 }
@@ -632,8 +627,15 @@ async fn reconcile_policy(
     let config_map_name = resolved.config_map_name.as_str();
     let target_name = format!("{namespace}/{config_map_name}");
 
-    // Gather: the Secret.
-    let existing_secret = secrets.get_opt(&resolved.secret_name).await?;
+    // Gather: the Secret and the JWKS ConfigMap, read together, the ConfigMap under its
+    // lock until it is written.
+    let jwks_lock = ctx.jwks_lock(namespace, config_map_name);
+    let jwks_guard = jwks_lock.lock().await;
+    let (existing_secret, existing_config_map) = tokio::join!(
+        secrets.get_opt(&resolved.secret_name),
+        config_maps.get_opt(config_map_name)
+    );
+    let (existing_secret, existing_config_map) = (existing_secret?, existing_config_map?);
     if let Some(existing) = &existing_secret
         && !render::is_owned_by(&existing.metadata, &uid)
     {
@@ -669,10 +671,6 @@ async fn reconcile_policy(
             .as_ref(),
     );
 
-    // Gather: the JWKS ConfigMap, under its lock until it is written.
-    let jwks_lock = ctx.jwks_lock(namespace, config_map_name);
-    let jwks_guard = jwks_lock.lock().await;
-    let existing_config_map = config_maps.get_opt(config_map_name).await?;
     if let Some(existing) = &existing_config_map
         && !render::is_managed(&existing.metadata)
     {
@@ -891,20 +889,21 @@ async fn reconcile_policy(
         ctx.write_status(policy, key, desired_status).await?;
     }
 
-    // Report.
-    for transition in &plan.transitions {
-        announce(ctx, policy, namespace, name, transition).await;
-    }
-    for repair in &repairs {
+    // Report: Events go out together, so a busy API server delays the next reconcile
+    // by one round trip, not one per Event.
+    let announcements = plan
+        .transitions
+        .iter()
+        .map(|transition| announce(ctx, policy, namespace, name, transition));
+    let repaired = repairs.iter().map(|repair| {
         warn!(policy = %format!("{namespace}/{name}"), reason = repair.reason(), "{}", repair.message());
-        ctx.publish(
-            policy,
-            EventType::Warning,
-            repair.reason(),
-            repair.message(),
-        )
-        .await;
-    }
+        ctx.publish(policy, EventType::Warning, repair.reason(), repair.message())
+    });
+    futures::future::join(
+        futures::future::join_all(announcements),
+        futures::future::join_all(repaired),
+    )
+    .await;
     for (reason, message) in &problems {
         if current
             .as_ref()
@@ -934,7 +933,9 @@ async fn reconcile_policy(
     if let Some(until) = repair_window_end {
         wake = Some(wake.map_or(until, |w| w.min(until)));
     }
-    Ok(requeue_at(wake, now))
+    // Measured from now, not from the start of this reconcile: a slow reconcile must not
+    // push the next transition late.
+    Ok(requeue_at(wake, Utc::now()))
 }
 
 /// Removes this policy from JWKS ConfigMaps it no longer names (after a change of
