@@ -53,3 +53,22 @@ test-interop:
 
 TEST_STEPS += test-interop
 .PHONY: test-interop
+
+# --- the CRD and the demo --------------------------------------------------------------
+#   make crds           regenerate crds/jwtsigningkey.yaml from src/api.rs
+#   make check-crds     fail when crds/ differs from what `keyrotor crd` prints
+#   make demo           control plane + CRD + operator + examples/quickstart.yaml, watched
+
+.PHONY: crds check-crds demo
+
+crds:
+	$(CARGO) run --quiet --bin keyrotor -- crd > crds/jwtsigningkey.yaml
+
+check-crds:
+	@$(CARGO) run --quiet --bin keyrotor -- crd | diff -u crds/jwtsigningkey.yaml - \
+		|| { echo "crds/jwtsigningkey.yaml is out of date: run 'make crds'"; exit 1; }
+
+demo: tools
+	scripts/demo
+
+TEST_STEPS += check-crds

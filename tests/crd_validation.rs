@@ -3,52 +3,30 @@
 //! valid policies (the examples) are accepted with their defaults filled in; immutable
 //! fields stay immutable on update.
 //!
-//! Needs a running control plane (`make cluster-up && source target/cluster/env`).
+//! Needs a running control plane (`make cluster-up`).
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod support;
+
+use support::{CommandOutput, run_kubectl_with_stdin};
 
 const CRD_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/jwtsigningkey.yaml");
 
-fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
-    assert!(
-        std::env::var_os("KUBECONFIG").is_some(),
-        "KUBECONFIG is not set: start the control plane (make cluster-up && source target/cluster/env)"
-    );
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs (it is on PATH after `source target/cluster/env`)");
-    let mut pipe = child.stdin.take().expect("stdin is piped");
-    pipe.write_all(stdin.unwrap_or("").as_bytes())
-        .expect("write kubectl stdin");
-    drop(pipe);
-    child.wait_with_output().expect("kubectl finishes")
+fn kubectl(args: &[&str], stdin: Option<&str>) -> CommandOutput {
+    run_kubectl_with_stdin(args, stdin)
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+fn text(output: &CommandOutput) -> String {
+    format!("{}{}", output.stdout, output.stderr)
 }
 
 fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
     let output = kubectl(args, stdin);
-    assert!(
-        output.status.success(),
-        "kubectl {args:?} failed: {}",
-        text(&output)
-    );
+    output.assert_success(&format!("kubectl {args:?}"));
     text(&output)
 }
 
 /// Installs the CRD (idempotent) and creates a fresh namespace for one test.
-fn setup(namespace: &str) {
+async fn setup(prefix: &str) -> support::TestNamespace {
     kubectl_ok(
         &[
             "apply",
@@ -69,8 +47,7 @@ fn setup(namespace: &str) {
         ],
         None,
     );
-    let _ = kubectl(&["delete", "namespace", namespace, "--wait=true"], None);
-    kubectl_ok(&["create", "namespace", namespace], None);
+    support::TestNamespace::new(&support::client().await, prefix).await
 }
 
 fn policy(name: &str, spec: &str) -> String {
@@ -79,7 +56,7 @@ fn policy(name: &str, spec: &str) -> String {
     )
 }
 
-fn apply(namespace: &str, yaml: &str) -> Output {
+fn apply(namespace: &str, yaml: &str) -> CommandOutput {
     kubectl(&["apply", "-n", namespace, "-f", "-"], Some(yaml))
 }
 
@@ -113,10 +90,10 @@ fn invalid(what: &'static str, spec: &'static str, expect: &'static [&'static st
     }
 }
 
-#[test]
-fn invalid_policies_are_rejected_with_the_field_named() {
-    let namespace = "crd-invalid";
-    setup(namespace);
+#[tokio::test]
+async fn invalid_policies_are_rejected_with_the_field_named() {
+    let test_namespace = setup("crd-invalid").await;
+    let namespace = test_namespace.name();
     let long_name = format!("a{}", "b".repeat(245));
     let cases = vec![
         invalid(
@@ -231,10 +208,10 @@ fn invalid_policies_are_rejected_with_the_field_named() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-#[test]
-fn examples_are_accepted_with_defaults_filled_in() {
-    let namespace = "crd-valid";
-    setup(namespace);
+#[tokio::test]
+async fn examples_are_accepted_with_defaults_filled_in() {
+    let test_namespace = setup("crd-valid").await;
+    let namespace = test_namespace.name();
     for example in [
         "quickstart.yaml",
         "minimal.yaml",
@@ -282,10 +259,10 @@ fn examples_are_accepted_with_defaults_filled_in() {
     }
 }
 
-#[test]
-fn immutable_fields_stay_immutable() {
-    let namespace = "crd-immutable";
-    setup(namespace);
+#[tokio::test]
+async fn immutable_fields_stay_immutable() {
+    let test_namespace = setup("crd-immutable").await;
+    let namespace = test_namespace.name();
     let base = "  algorithm: ES256\n  rotationInterval: 1h\n  propagationDelay: 5m\n";
     kubectl_ok(
         &["apply", "-n", namespace, "-f", "-"],
