@@ -55,7 +55,8 @@ TEST_STEPS += test-interop
 .PHONY: test-interop
 
 # --- the CRD and the demo --------------------------------------------------------------
-#   make crds           regenerate crds/jwtsigningkey.yaml from src/api.rs
+#   make crds           regenerate crds/jwtsigningkey.yaml from src/api.rs (and the
+#                       chart's copy in charts/keyrotor/crds/)
 #   make check-crds     fail when crds/ differs from what `keyrotor crd` prints
 #   make demo           control plane + CRD + operator + examples/quickstart.yaml, watched
 
@@ -63,6 +64,7 @@ TEST_STEPS += test-interop
 
 crds:
 	$(CARGO) run --quiet --bin keyrotor -- crd > crds/jwtsigningkey.yaml
+	cp crds/jwtsigningkey.yaml charts/keyrotor/crds/jwtsigningkey.yaml
 
 check-crds:
 	@$(CARGO) run --quiet --bin keyrotor -- crd | diff -u crds/jwtsigningkey.yaml - \

@@ -33,7 +33,8 @@ pub const MAX_REVOKED_KEY_IDS: usize = 64;
 
 /// Kubernetes-style duration: one or more of `<n>h`, `<n>m`, `<n>s`, in that order
 /// (`90s`, `15m`, `24h`, `1h30m`). The digit limits keep every value inside what CEL's
-/// `duration()` accepts.
+/// `duration()` accepts. The CEL rules repeat it as a guard, so a malformed duration is
+/// reported once, by the pattern, not again as a CEL conversion error.
 const DURATION_PATTERN: &str = r"^([0-9]{1,5}h)?([0-9]{1,7}m)?([0-9]{1,9}s)?$";
 /// RFC 1123 DNS subdomain, the rule for Secret and ConfigMap names.
 const DNS_SUBDOMAIN_PATTERN: &str =
@@ -89,11 +90,11 @@ const KID_PATTERN: &str = r"^[A-Za-z0-9_-]{43}$";
     .field_path(".spec.jwks.configMapName"),
 )]
 #[x_kube(
-    validation = Rule::new("duration(self.propagationDelay) < duration(self.rotationInterval)")
+    validation = Rule::new("!self.propagationDelay.matches('^([0-9]{1,5}h)?([0-9]{1,7}m)?([0-9]{1,9}s)?$') || !self.rotationInterval.matches('^([0-9]{1,5}h)?([0-9]{1,7}m)?([0-9]{1,9}s)?$') || duration(self.propagationDelay) < duration(self.rotationInterval)")
         .message("spec.propagationDelay must be shorter than spec.rotationInterval")
         .field_path(".propagationDelay"),
     validation = Rule::new(
-        "duration(self.maxTokenLifetime).getSeconds() <= 10 * duration(self.rotationInterval).getSeconds()"
+        "!self.maxTokenLifetime.matches('^([0-9]{1,5}h)?([0-9]{1,7}m)?([0-9]{1,9}s)?$') || !self.rotationInterval.matches('^([0-9]{1,5}h)?([0-9]{1,7}m)?([0-9]{1,9}s)?$') || duration(self.maxTokenLifetime).getSeconds() <= 10 * duration(self.rotationInterval).getSeconds()"
     )
     .message("spec.maxTokenLifetime must be at most 10 times spec.rotationInterval")
     .field_path(".maxTokenLifetime"),
@@ -121,7 +122,7 @@ pub struct JwtSigningKeySpec {
     #[serde(default = "default_rotation_interval")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(min = 2, max = 32))]
     #[x_kube(
-        validation = Rule::new("duration(self) >= duration('10s') && duration(self) <= duration('8760h')")
+        validation = Rule::new("!self.matches('^([0-9]{1,5}h)?([0-9]{1,7}m)?([0-9]{1,9}s)?$') || duration(self) >= duration('10s') && duration(self) <= duration('8760h')")
             .message("spec.rotationInterval must be between 10s and 8760h")
     )]
     pub rotation_interval: String,
@@ -131,7 +132,7 @@ pub struct JwtSigningKeySpec {
     #[serde(default = "default_max_token_lifetime")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(min = 2, max = 32))]
     #[x_kube(
-        validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('8760h')")
+        validation = Rule::new("!self.matches('^([0-9]{1,5}h)?([0-9]{1,7}m)?([0-9]{1,9}s)?$') || duration(self) >= duration('1s') && duration(self) <= duration('8760h')")
             .message("spec.maxTokenLifetime must be between 1s and 8760h")
     )]
     pub max_token_lifetime: String,
@@ -142,7 +143,7 @@ pub struct JwtSigningKeySpec {
     #[serde(default = "default_propagation_delay")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(min = 2, max = 32))]
     #[x_kube(
-        validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('8760h')")
+        validation = Rule::new("!self.matches('^([0-9]{1,5}h)?([0-9]{1,7}m)?([0-9]{1,9}s)?$') || duration(self) >= duration('1s') && duration(self) <= duration('8760h')")
             .message("spec.propagationDelay must be between 1s and 8760h")
     )]
     pub propagation_delay: String,

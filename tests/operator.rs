@@ -1225,3 +1225,108 @@ async fn no_private_material_in_status_events_config_maps_annotations_or_trace_l
     );
     t.operator.assert_running();
 }
+
+// --- paused, moving the JWKS, foreign objects ---------------------------------------------
+
+#[tokio::test]
+async fn paused_policy_keeps_its_key_past_the_rotation_time_and_resumes() {
+    let mut t = setup("paused", "info,keyrotor=debug").await;
+    let schedule = "  rotationInterval: 10s\n  propagationDelay: 2s\n  maxTokenLifetime: 2s\n";
+    t.kubectl_apply(&policy_yaml("held", &format!("{schedule}  paused: true\n")));
+    let before = t.converged("held").await;
+    let active = before.active.clone().expect("active");
+    assert!(
+        before
+            .status
+            .as_ref()
+            .and_then(|s| s.next_rotation_time.as_ref())
+            .is_none(),
+        "no rotation is scheduled while paused"
+    );
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let held = t.converged("held").await;
+    assert_eq!(held.active, Some(active.clone()), "a paused policy rotated");
+
+    t.kubectl_apply(&policy_yaml(
+        "held",
+        &format!("{schedule}  paused: false\n"),
+    ));
+    eventually(
+        "the overdue rotation after unpausing",
+        Duration::from_secs(10),
+        || async {
+            let s = t.snapshot("held", "held-jwks", "held-signing-key").await;
+            s.active.as_ref().filter(|a| **a != active).map(|_| ())
+        },
+    )
+    .await;
+    t.operator.assert_running();
+}
+
+#[tokio::test]
+async fn moving_the_jwks_to_another_config_map_cleans_up_the_old_one() {
+    let mut t = setup("move-jwks", "info,keyrotor=debug").await;
+    let jwks = |name: &str| format!("{STEADY}  jwks:\n    configMapName: {name}\n");
+    t.kubectl_apply(&policy_yaml("mover", &jwks("old-jwks")));
+    let before = eventually("old-jwks written", Duration::from_secs(15), || async {
+        let s = t.snapshot("mover", "old-jwks", "mover-signing-key").await;
+        (s.condition("KeyPublished") == Some("True")).then_some(s)
+    })
+    .await;
+
+    t.kubectl_apply(&policy_yaml("mover", &jwks("new-jwks")));
+    eventually(
+        "new-jwks written and old-jwks gone",
+        Duration::from_secs(15),
+        || async {
+            let s = t.snapshot("mover", "new-jwks", "mover-signing-key").await;
+            let old = t.config_maps().get_opt("old-jwks").await.ok()?;
+            (old.is_none() && s.kids().contains(s.active.as_ref()?)).then_some(())
+        },
+    )
+    .await;
+    let after = t.snapshot("mover", "new-jwks", "mover-signing-key").await;
+    assert_eq!(
+        after.active, before.active,
+        "moving the JWKS does not rotate"
+    );
+    t.operator.assert_running();
+}
+
+#[tokio::test]
+async fn a_secret_keyrotor_did_not_create_is_never_overwritten() {
+    let mut t = setup("foreign", "info,keyrotor=debug").await;
+    let foreign = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("taken-signing-key".into()),
+            ..Default::default()
+        },
+        string_data: Some(BTreeMap::from([(
+            "owner".to_owned(),
+            "someone else".to_owned(),
+        )])),
+        ..Default::default()
+    };
+    t.secrets()
+        .create(&kube::api::PostParams::default(), &foreign)
+        .await
+        .expect("create a foreign Secret");
+    t.kubectl_apply(&policy_yaml("taken", STEADY));
+    degraded_with(&t, "taken", "SecretConflict").await;
+    let secret = t.secrets().get("taken-signing-key").await.expect("Secret");
+    let data = secret.data.unwrap_or_default();
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["owner"],
+        "the foreign Secret was modified"
+    );
+    assert!(
+        t.config_maps()
+            .get_opt("taken-jwks")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    t.wait_for_event("taken", "SecretConflict").await;
+    t.operator.assert_running();
+}
