@@ -74,3 +74,12 @@ demo: tools
 	scripts/demo
 
 TEST_STEPS += check-crds
+
+# End-to-end suite (tests/e2e/; README "End-to-end suite"): the keyrotor binary against
+# the control plane, token issuers and verifiers (Rust jsonwebtoken, PyJWT, jose) across
+# rotations and faults; report in target/e2e/report.json. KEYROTOR_E2E_SCENARIOS=a,b
+# runs a subset. Verifier libraries install into $HOME/.cache/keyrotor/.
+e2e:
+	eval "$$(tests/e2e/deps)" && KEYROTOR_E2E=1 $(CARGO) test --test e2e
+
+.PHONY: e2e

@@ -48,6 +48,8 @@ pub struct Rotation {
     /// How long the new key had been in the JWKS beyond propagationDelay when the Secret
     /// named it (None for the exceptions).
     pub prepublication_margin: Option<f64>,
+    /// From the key's activatedAt (operator clock) to the watch delivering the Secret.
+    pub lag: Option<f64>,
 }
 
 /// An allowed exception to pre-publication, with why it was allowed.
@@ -80,11 +82,12 @@ pub struct Findings {
 }
 
 impl Findings {
-    /// Rotations that went through pre-publication (scheduled or requested).
-    pub fn prepublished_rotations(&self) -> usize {
+    /// Rotations of the Active key (scheduled, requested or by revocation); a
+    /// recovery after a lost Secret is the fault itself, not a rotation.
+    pub fn completed_rotations(&self) -> usize {
         self.rotations
             .iter()
-            .filter(|r| matches!(r.cause, Cause::Scheduled | Cause::Requested))
+            .filter(|r| r.cause != Cause::Recovery)
             .count()
     }
 }
@@ -379,9 +382,13 @@ impl<'a> Replay<'a> {
                         _ => Cause::Recovery,
                     },
                     prepublication_margin: None,
+                    lag: facts
+                        .as_ref()
+                        .and_then(|f| f.activated_at)
+                        .map(|a| secs(a, at)),
                 });
             }
-            self.consume_requests(at);
+            self.consume_requests(facts.as_ref().and_then(|f| f.activated_at).unwrap_or(at));
             self.last_activation = facts.and_then(|f| f.activated_at).or(Some(at));
             return;
         }
@@ -442,9 +449,11 @@ impl<'a> Replay<'a> {
 
         // Invariant 5: never early. Early is allowed by a rotate request made before
         // this activation, or by the revocation of the previous key.
-        let requested = self.consume_requests(at);
-        let revoked = old_kid.as_deref().is_some_and(|k| self.revoked_by(k, at));
+        // Requests count by the operator's own activation time: one sent after it (but
+        // before the watch delivered the Secret) cannot have caused it.
         let activated_at = facts.as_ref().and_then(|f| f.activated_at).unwrap_or(at);
+        let requested = self.consume_requests(activated_at);
+        let revoked = old_kid.as_deref().is_some_and(|k| self.revoked_by(k, at));
         let cause = if revoked {
             Cause::Revocation
         } else if requested {
@@ -473,6 +482,7 @@ impl<'a> Replay<'a> {
             to: kid.to_owned(),
             cause,
             prepublication_margin: margin,
+            lag: Some(secs(activated_at, at)),
         });
         self.last_activation = Some(activated_at);
     }

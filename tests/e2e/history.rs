@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
-use kube::{Client, Resource, ResourceExt as _};
+use kube::{Resource, ResourceExt as _};
 use tokio::sync::broadcast;
 
 use crate::model::{Change, JwksView, Observation, PolicyView, SecretView, Time};
@@ -254,44 +254,58 @@ fn policy_change(policy: &DynamicObject) -> Change {
     Change::Policy(Some(Arc::new(PolicyView { revoked })))
 }
 
-/// Starts the three watches of `namespace`; they run until `stop` is set.
+/// Starts the three watches of `namespace` on a thread and runtime of their own (with
+/// their own client), so that the token traffic's CPU work never delays an event;
+/// they run until `stop` is set.
 pub fn start(
-    client: &Client,
+    kubeconfig: &std::path::Path,
     namespace: &str,
     jwks_key: &str,
     history: Arc<History>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let labels = watcher::Config::default().labels(MANAGED_BY);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let policies: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), namespace, &policy_resource());
+) -> std::thread::JoinHandle<Result<(), String>> {
+    let kubeconfig = kubeconfig.to_owned();
+    let namespace = namespace.to_owned();
     let key = jwks_key.to_owned();
-    vec![
-        tokio::spawn(follow(
-            history.clone(),
-            secrets,
-            labels.clone(),
-            secret_change,
-            || Change::Secret(None),
-            stop.clone(),
-        )),
-        tokio::spawn(follow(
-            history.clone(),
-            config_maps,
-            labels,
-            move |cm| jwks_change(cm, &key),
-            || Change::ConfigMap(None),
-            stop.clone(),
-        )),
-        tokio::spawn(follow(
-            history,
-            policies,
-            watcher::Config::default(),
-            policy_change,
-            || Change::Policy(None),
-            stop,
-        )),
-    ]
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async move {
+            let client = crate::cluster::client(&kubeconfig).await?;
+            let labels = watcher::Config::default().labels(MANAGED_BY);
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+            let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+            let policies: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &namespace, &policy_resource());
+            futures::join!(
+                follow(
+                    history.clone(),
+                    secrets,
+                    labels.clone(),
+                    secret_change,
+                    || Change::Secret(None),
+                    stop.clone(),
+                ),
+                follow(
+                    history.clone(),
+                    config_maps,
+                    labels,
+                    move |cm| jwks_change(cm, &key),
+                    || Change::ConfigMap(None),
+                    stop.clone(),
+                ),
+                follow(
+                    history,
+                    policies,
+                    watcher::Config::default(),
+                    policy_change,
+                    || Change::Policy(None),
+                    stop,
+                ),
+            );
+            Ok(())
+        })
+    })
 }

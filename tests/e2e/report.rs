@@ -94,8 +94,8 @@ pub fn print_scenario(s: &ScenarioReport) -> String {
         let r = &s.rotations;
         let _ = writeln!(
             out,
-            "  rotations: {} pre-published (requested {}, scheduled {}; target {}), revocation {}, recovery {}",
-            r.completed, r.requested, r.scheduled, r.target, r.revocation, r.recovery
+            "  rotations: {} (requested {}, scheduled {}, revocation {}; target {}); recoveries after a lost Secret {}",
+            r.completed, r.requested, r.scheduled, r.revocation, r.target, r.recovery
         );
         let _ = writeln!(
             out,

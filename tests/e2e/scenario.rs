@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::attacks::{self, AttackResult};
-use crate::checker::{self, Cause, Exception, TOLERANCE, Violation};
+use crate::checker::{self, Cause, Exception, Rotation, TOLERANCE, Violation};
 use crate::cluster::{self, FIELD_MANAGER};
 use crate::conformance::{self, Conformance};
 use crate::faults::{self, Actions, Fault, FaultContext};
@@ -28,6 +28,7 @@ use crate::participants::{
     self, Backend, CACHE_SHARE, Delays, Failure, Issuer, LibraryStats, RustVerifier, SYNC_SHARE,
     TokenTraffic, Verifier,
 };
+use keyrotor::ring::ActivationException;
 
 pub const POLICY: &str = "tokens";
 pub const JWKS_KEY: &str = "jwks.json";
@@ -202,7 +203,7 @@ pub struct Env {
 #[serde(rename_all = "camelCase")]
 pub struct RotationCounts {
     pub target: usize,
-    /// Scheduled + requested: rotations that went through pre-publication.
+    /// Scheduled, requested and revocation rotations (recoveries are the fault itself).
     pub completed: usize,
     pub scheduled: usize,
     pub requested: usize,
@@ -237,6 +238,8 @@ pub struct ScenarioReport {
     pub prepublication_exceptions: Vec<Exception>,
     pub min_prepublication_margin_seconds: Option<f64>,
     pub min_retention_margin_seconds: Option<f64>,
+    /// Every rotation the checker saw, in order.
+    pub rotation_log: Vec<Rotation>,
     pub max_activation_lag_seconds: Option<f64>,
     pub observation_gaps: usize,
     pub watch_errors: u64,
@@ -259,7 +262,9 @@ fn count_rotations(versions: &[(Time, Arc<SecretView>)]) -> usize {
         let kid = secret.kid.as_deref();
         if let (Some(p), Some(k)) = (previous, kid)
             && p != k
-            && secret.key(k).is_some_and(|f| f.exception.is_none())
+            && secret
+                .key(k)
+                .is_some_and(|f| f.exception != Some(ActivationException::Recovery))
         {
             count += 1;
         }
@@ -298,6 +303,52 @@ fn explain(
         }
     }
     None
+}
+
+/// Everything the watches saw and the harness did, one JSON line each in time order
+/// (public facts only), for reading a failure after the fact.
+fn write_timeline(
+    path: &std::path::Path,
+    observations: &[crate::model::Observation],
+    actions: &[Action],
+) {
+    use crate::model::Change;
+    let mut lines: Vec<(Time, String)> = Vec::new();
+    for o in observations {
+        let entry = match &o.change {
+            Change::Secret(None) => json!({"secretDeleted": o.name}),
+            Change::Secret(Some(s)) => json!({
+                "secret": o.name,
+                "active": s.kid,
+                "ring": s.ring.as_ref().map(|keys| keys.iter().map(|k| json!({
+                    "kid": k.kid, "state": k.state.to_string(), "publishedAt": k.published_at,
+                    "activatedAt": k.activated_at, "retiredAt": k.retired_at,
+                    "exception": k.exception.map(|e| e.to_string()),
+                })).collect::<Vec<_>>()).map_err(|e| e.clone()),
+            }),
+            Change::ConfigMap(None) => json!({"configMapDeleted": o.name}),
+            Change::ConfigMap(Some(d)) => {
+                json!({"jwks": o.name, "kids": d.kids, "error": d.parse_error})
+            }
+            Change::Policy(p) => {
+                json!({"policy": o.name, "revoked": p.as_ref().map(|p| p.revoked.clone())})
+            }
+            Change::Relisted => json!({"relisted": true}),
+        };
+        let mut entry = entry;
+        entry["at"] = json!(o.at);
+        entry["rv"] = json!(o.rv);
+        lines.push((o.at, entry.to_string()));
+    }
+    for a in actions {
+        if let Ok(mut value) = serde_json::to_value(a) {
+            value["action"] = json!(true);
+            lines.push((a.at, value.to_string()));
+        }
+    }
+    lines.sort_by_key(|(at, _)| *at);
+    let text: String = lines.into_iter().map(|(_, l)| l + "\n").collect();
+    let _ = std::fs::write(path, text);
 }
 
 async fn apply_policy(client: &Client, namespace: &str, s: &Resolved) -> Result<(), String> {
@@ -360,7 +411,7 @@ fn judge(s: &Resolved, report: &mut ScenarioReport) {
     let r = report;
     if r.rotations.completed < r.rotations.target {
         r.problems.push(format!(
-            "{} rotations through pre-publication, fewer than {}",
+            "{} rotations, fewer than {}",
             r.rotations.completed, r.rotations.target
         ));
     }
@@ -460,7 +511,7 @@ async fn run_into(
     let history = History::new();
     let (stop_watch_tx, stop_watch) = tokio::sync::watch::channel(false);
     let watches = history::start(
-        &env.client,
+        &env.kubeconfig,
         &namespace,
         JWKS_KEY,
         history.clone(),
@@ -564,7 +615,15 @@ async fn run_into(
         seed: rng.random(),
     };
     let (stop_traffic_tx, stop_traffic) = tokio::sync::watch::channel(false);
-    let traffic_task = tokio::spawn(traffic.run(history.clone(), stop_traffic));
+    // The traffic runs on a thread of its own: signing and verifying are CPU work.
+    let traffic_history = history.clone();
+    let traffic_task = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|runtime| runtime.block_on(traffic.run(traffic_history, stop_traffic)))
+            .map_err(|e| e.to_string())
+    });
 
     let ctx = FaultContext {
         client: env.client.clone(),
@@ -650,9 +709,10 @@ async fn run_into(
     // Let the last rotation settle, then drain: every token gets its check before expiry.
     tokio::time::sleep(Duration::from_secs_f64(pd + 0.5)).await;
     let _ = stop_traffic_tx.send(true);
-    let mut traffic = traffic_task
+    let mut traffic = tokio::task::spawn_blocking(move || traffic_task.join())
         .await
-        .map_err(|e| format!("token traffic: {e}"))?;
+        .map_err(|e| format!("token traffic: {e}"))?
+        .map_err(|_| "the token traffic thread panicked".to_owned())??;
     let drain = Instant::now() + Duration::from_secs(60);
     while (python.in_flight() > 0 || node.in_flight() > 0) && Instant::now() < drain {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -697,12 +757,15 @@ async fn run_into(
         .sum();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = stop_watch_tx.send(true);
-    for watch in watches {
-        let _ = watch.await;
+    match tokio::task::spawn_blocking(move || watches.join()).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => report.problems.push(format!("the watches failed: {e}")),
+        _ => report.problems.push("the watch thread panicked".into()),
     }
     let observations = history.observations();
     let actions: Vec<Action> = actions.lock().map(|a| a.clone()).unwrap_or_default();
 
+    write_timeline(&dir.join("timeline.jsonl"), &observations, &actions);
     let written = ctx.written.lock().map(|w| w.clone()).unwrap_or_default();
     let foreign: BTreeSet<String> = actions
         .iter()
@@ -747,7 +810,8 @@ async fn run_into(
         .iter()
         .filter(|r| r.cause == Cause::Recovery)
         .count();
-    report.rotations.completed = findings.prepublished_rotations();
+    report.rotations.completed = findings.completed_rotations();
+    report.rotation_log = findings.rotations.clone();
     report.min_prepublication_margin_seconds = findings.min_prepublication_margin;
     report.min_retention_margin_seconds = findings.min_retention_margin;
     report.max_activation_lag_seconds = findings.max_activation_lag;
