@@ -57,7 +57,8 @@ TEST_STEPS += test-interop
 # --- the CRD and the demo --------------------------------------------------------------
 #   make crds           regenerate crds/jwtsigningkey.yaml from src/api.rs (and the
 #                       chart's copy in charts/keyrotor/crds/)
-#   make check-crds     fail when crds/ differs from what `keyrotor crd` prints
+#   make check-crds     fail when crds/ differs from what `keyrotor crd` prints, or the
+#                       chart's charts/keyrotor/crds/ differs from crds/
 #   make demo           control plane + CRD + operator + examples/quickstart.yaml, watched
 
 .PHONY: crds check-crds demo
@@ -69,6 +70,8 @@ crds:
 check-crds:
 	@$(CARGO) run --quiet --bin keyrotor -- crd | diff -u crds/jwtsigningkey.yaml - \
 		|| { echo "crds/jwtsigningkey.yaml is out of date: run 'make crds'"; exit 1; }
+	@diff -ru crds charts/keyrotor/crds \
+		|| { echo "charts/keyrotor/crds differs from crds/: run 'make crds'"; exit 1; }
 
 demo: tools
 	scripts/demo

@@ -124,7 +124,7 @@ fn container(docs: &[Value]) -> &Value {
 }
 
 /// The chart ships exactly the generated CRDs of `crds/` (`keyrotor crd`). After
-/// regenerating them: `cp crds/*.yaml charts/keyrotor/crds/`.
+/// regenerating them: `make crds` (which also copies them into the chart).
 #[test]
 fn chart_crds_match_the_generated_crds() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -144,7 +144,7 @@ fn chart_crds_match_the_generated_crds() {
         let read = |dir: &str| std::fs::read(root.join(dir).join(name)).unwrap();
         assert!(
             read("charts/keyrotor/crds") == read("crds"),
-            "charts/keyrotor/crds/{name} differs from crds/{name}: run `cp crds/*.yaml charts/keyrotor/crds/`"
+            "charts/keyrotor/crds/{name} differs from crds/{name}: run `make crds`"
         );
     }
 }
