@@ -230,13 +230,20 @@ impl Context {
         )
         .await?;
         self.metrics.api_write("status");
-        lock(&self.written_status).insert(
+        let mut written = lock(&self.written_status);
+        written.insert(
             key.clone(),
             WrittenStatus {
                 based_on: policy.metadata.resource_version.clone(),
                 status,
             },
         );
+        // Forget deleted policies.
+        written.retain(|(namespace, name), _| {
+            self.policies
+                .get(&ObjectRef::new(name).within(namespace))
+                .is_some()
+        });
         Ok(())
     }
 }
