@@ -380,6 +380,17 @@ async fn rendered_manifests_pass_a_server_side_dry_run() {
     );
     let warnings = dry_run(&namespaced);
     assert!(!warnings.contains("PodSecurity"), "{warnings}");
+    // The optional NetworkPolicy, with egress limits (a ServiceMonitor needs the
+    // prometheus-operator CRD, absent here: it is checked by rendering only).
+    dry_run(&render(
+        &release,
+        release_ns.name(),
+        &[
+            "networkPolicy.enabled=true",
+            "networkPolicy.egress.enabled=true",
+            "networkPolicy.egress.apiServerCIDRs={10.0.0.1/32}",
+        ],
+    ));
 
     // The check above can fail: a weakened pod is reported.
     let weakened = render(
@@ -401,7 +412,17 @@ async fn helm_install_creates_the_release() {
     let ns = TestNamespace::new(&client, "chart-install").await;
     let release = format!("kr-{}", ns.name());
     let chart = chart_dir_str();
-    let (ok, stdout, stderr) = helm(&["install", &release, &chart, "--namespace", ns.name()]);
+    // Helm applies the chart's CRD server-side. Other tests applied the same CRD with
+    // other field managers (kubectl), which makes Helm's apply conflict on identical
+    // fields; a cluster whose CRD came from kubectl needs the same flag (or --skip-crds).
+    let (ok, stdout, stderr) = helm(&[
+        "install",
+        &release,
+        &chart,
+        "--namespace",
+        ns.name(),
+        "--force-conflicts",
+    ]);
     assert!(ok, "helm install failed:\n{stdout}\n{stderr}");
 
     // The objects exist (pods never start: the control plane has no nodes).
@@ -416,6 +437,21 @@ async fn helm_install_creates_the_release() {
 
     let (ok, stdout, stderr) = helm(&["status", &release, "--namespace", ns.name()]);
     assert!(ok && stdout.contains("deployed"), "{stdout}\n{stderr}");
+
+    // An upgrade that changes values applies them.
+    let (ok, stdout, stderr) = helm(&[
+        "upgrade",
+        &release,
+        &chart,
+        "--namespace",
+        ns.name(),
+        "--set",
+        "replicaCount=3",
+        "--force-conflicts",
+    ]);
+    assert!(ok, "helm upgrade failed:\n{stdout}\n{stderr}");
+    let deployment = ns.api::<Deployment>().get(&fullname).await.unwrap();
+    assert_eq!(deployment.spec.replicas, Some(3));
 
     // Uninstall removes the cluster-wide objects too.
     let (ok, _, stderr) = helm(&["uninstall", &release, "--namespace", ns.name()]);
