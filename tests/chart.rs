@@ -19,11 +19,7 @@ const MANAGED_RULES: &[(&str, &str, &[&str])] = &[
         "jwtsigningkeys",
         &["get", "list", "watch", "patch"],
     ),
-    (
-        "keyrotor.dev",
-        "jwtsigningkeys/status",
-        &["get", "patch", "update"],
-    ),
+    ("keyrotor.dev", "jwtsigningkeys/status", &["get", "patch"]),
     (
         "",
         "secrets",

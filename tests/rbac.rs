@@ -69,11 +69,7 @@ async fn assert_manages(client: &Client, ns: &str) {
             "keyrotor.dev",
             "jwtsigningkeys",
         ),
-        (
-            &["get", "patch", "update"],
-            "keyrotor.dev",
-            "jwtsigningkeys/status",
-        ),
+        (&["get", "patch"], "keyrotor.dev", "jwtsigningkeys/status"),
         (&["create", "patch"], "events.k8s.io", "events"),
     ] {
         for verb in verbs {
@@ -93,6 +89,7 @@ async fn assert_never(client: &Client, ns: &str) {
         ("create", "keyrotor.dev", "jwtsigningkeys"),
         ("delete", "keyrotor.dev", "jwtsigningkeys"),
         ("update", "keyrotor.dev", "jwtsigningkeys"),
+        ("update", "keyrotor.dev", "jwtsigningkeys/status"),
         ("list", "", "pods"),
         ("create", "", "pods"),
         ("create", "", "events"),

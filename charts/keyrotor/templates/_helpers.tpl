@@ -48,7 +48,7 @@ ClusterRole (all namespaces) and in each per-namespace Role (watchNamespaces).
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["keyrotor.dev"]
   resources: ["jwtsigningkeys/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["secrets", "configmaps"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
