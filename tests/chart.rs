@@ -14,11 +14,7 @@ use support::TestNamespace;
 
 /// (apiGroup, resource, verbs) the operator needs on the namespaces it manages.
 const MANAGED_RULES: &[(&str, &str, &[&str])] = &[
-    (
-        "keyrotor.dev",
-        "jwtsigningkeys",
-        &["get", "list", "watch", "patch"],
-    ),
+    ("keyrotor.dev", "jwtsigningkeys", &["get", "list", "watch"]),
     ("keyrotor.dev", "jwtsigningkeys/status", &["get", "patch"]),
     (
         "",

@@ -64,11 +64,7 @@ async fn assert_manages(client: &Client, ns: &str) {
             "",
             "configmaps",
         ),
-        (
-            &["get", "list", "watch", "patch"],
-            "keyrotor.dev",
-            "jwtsigningkeys",
-        ),
+        (&["get", "list", "watch"], "keyrotor.dev", "jwtsigningkeys"),
         (&["get", "patch"], "keyrotor.dev", "jwtsigningkeys/status"),
         (&["create", "patch"], "events.k8s.io", "events"),
     ] {
@@ -89,6 +85,7 @@ async fn assert_never(client: &Client, ns: &str) {
         ("create", "keyrotor.dev", "jwtsigningkeys"),
         ("delete", "keyrotor.dev", "jwtsigningkeys"),
         ("update", "keyrotor.dev", "jwtsigningkeys"),
+        ("patch", "keyrotor.dev", "jwtsigningkeys"),
         ("update", "keyrotor.dev", "jwtsigningkeys/status"),
         ("list", "", "pods"),
         ("create", "", "pods"),

@@ -45,7 +45,7 @@ ClusterRole (all namespaces) and in each per-namespace Role (watchNamespaces).
 {{- define "keyrotor.managedRules" -}}
 - apiGroups: ["keyrotor.dev"]
   resources: ["jwtsigningkeys"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["keyrotor.dev"]
   resources: ["jwtsigningkeys/status"]
   verbs: ["get", "patch"]
