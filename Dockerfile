@@ -36,6 +36,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /keyrotor /keyrotor
 USER 65532:65532
+# Metrics and health on every interface of the pod (the binary's own default is loopback).
+ENV KEYROTOR_METRICS_ADDR=0.0.0.0:8080
 EXPOSE 8080
 ENTRYPOINT ["/keyrotor"]
 CMD ["run"]
