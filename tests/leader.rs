@@ -611,3 +611,137 @@ async fn sigterm_on_the_leader_process_hands_over_at_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_partitioned_operator_stops_writing_and_its_late_writes_are_refused() {
+    let admin = support::client().await;
+    chart_support::install_crds();
+    let release_ns = TestNamespace::new(&admin, "ha-part").await;
+    let watched = TestNamespace::new(&admin, "ha-part-watched").await;
+    let release = format!("kr-{}", release_ns.name());
+    let rbac = chart_support::install_rbac(
+        &release,
+        release_ns.name(),
+        &[&format!("watchNamespaces={{{}}}", watched.name())],
+    )
+    .await;
+    let args = [
+        format!("--namespace={}", watched.name()),
+        "--leader-elect".to_owned(),
+        format!("--lease-namespace={}", release_ns.name()),
+        "--lease-name=keyrotor-leader".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    // Replica A reaches the API server through a proxy that can freeze.
+    let config = support::client_config().await;
+    let upstream = format!(
+        "{}:{}",
+        config.cluster_url.host().expect("API server host"),
+        config.cluster_url.port_u16().unwrap_or(443)
+    );
+    let partition = Partition::start(upstream).await;
+    let (token_a, token_b) = (rbac.token.clone(), rbac.new_token());
+    let (jti_a, jti_b) = (
+        chart_support::token_jti(&token_a),
+        chart_support::token_jti(&token_b),
+    );
+    let kubeconfig_a = chart_support::token_kubeconfig_via(
+        &token_a,
+        &format!("{release}-a.kubeconfig"),
+        Some(&format!("https://{}", partition.addr)),
+    );
+    let kubeconfig_b =
+        chart_support::token_kubeconfig(&token_b, &format!("{release}-b.kubeconfig"));
+
+    let a = chart_support::OperatorProcess::start(&kubeconfig_a, &format!("{release}-a"), &args);
+    support::eventually("A to lead", Duration::from_secs(20), || async {
+        (a.metric("keyrotor_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
+    let mut b =
+        chart_support::OperatorProcess::start(&kubeconfig_b, &format!("{release}-b"), &args);
+    // Frequent transitions, so A is often writing when the network freezes.
+    chart_support::apply_policy(
+        watched.name(),
+        "api-tokens",
+        serde_json::json!({ "rotationInterval": "10s", "propagationDelay": "3s", "maxTokenLifetime": "3s" }),
+    );
+    support::eventually(
+        "the policy to be Ready",
+        Duration::from_secs(30),
+        || async {
+            chart_support::get_policy(&admin, watched.name(), "api-tokens")
+                .await
+                .filter(chart_support::is_ready)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+
+    let cut = Instant::now();
+    partition.block();
+    support::eventually("A to step down", Duration::from_secs(12), || async {
+        (a.metric("keyrotor_leader").await == Some(0.0)).then_some(())
+    })
+    .await;
+    let stepped_down = cut.elapsed();
+    support::eventually("B to lead", Duration::from_secs(25), || async {
+        (b.metric("keyrotor_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
+    let took_over = cut.elapsed();
+    let took_over_wall = chrono::Utc::now();
+    eprintln!(
+        "partitioned operator: stepped down after {stepped_down:?}, B led after {took_over:?}"
+    );
+    // Renewed at most 5 s before the cut, A gives up 10 s after that renewal.
+    assert!(
+        stepped_down <= Duration::from_secs(10 + 1),
+        "A led {stepped_down:?} into the partition"
+    );
+    assert!(stepped_down < took_over);
+
+    // B rotates on; then the network heals and whatever A had sent arrives late.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    partition.heal();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        a.metric("keyrotor_leader").await,
+        Some(0.0),
+        "A took the lease back"
+    );
+    assert!(b.running());
+
+    let writes_of = |jti: &str| -> Vec<(chrono::DateTime<chrono::Utc>, i64)> {
+        chart_support::audit_events_of(jti)
+            .iter()
+            .filter(|event| chart_support::is_policy_write(event))
+            .filter_map(|event| {
+                Some((
+                    parse_time(event["requestReceivedTimestamp"].as_str()?),
+                    event["responseStatus"]["code"].as_i64()?,
+                ))
+            })
+            .collect()
+    };
+    let late: Vec<_> = writes_of(&jti_a)
+        .into_iter()
+        .filter(|(at, _)| *at > took_over_wall)
+        .collect();
+    // A write of A's that lands after B took over must have been refused (each write
+    // carries the resourceVersion it was planned on).
+    assert!(
+        late.iter().all(|(_, code)| *code >= 400),
+        "late writes by the old leader were accepted: {late:?}"
+    );
+    let b_writes = writes_of(&jti_b);
+    assert!(
+        b_writes
+            .iter()
+            .any(|(at, code)| *at > took_over_wall && *code < 300),
+        "the new leader wrote nothing"
+    );
+    eprintln!("late writes of the old leader: {late:?}");
+    b.kill();
+}

@@ -183,9 +183,17 @@ pub async fn install_rbac(release: &str, namespace: &str, sets: &[&str]) -> Inst
 
 /// A kubeconfig that reaches the test API server as `token` only.
 pub fn token_kubeconfig(token: &str, file_name: &str) -> PathBuf {
+    token_kubeconfig_via(token, file_name, None)
+}
+
+/// Like [`token_kubeconfig`], reaching the API server at `server` (e.g. a proxy) when given.
+pub fn token_kubeconfig_via(token: &str, file_name: &str, server: Option<&str>) -> PathBuf {
     let admin = std::fs::read_to_string(support::kubeconfig_path()).expect("admin kubeconfig");
     let admin: Value = serde_yaml_ng::from_str(&admin).expect("admin kubeconfig parses");
-    let cluster = admin["clusters"][0].clone();
+    let mut cluster = admin["clusters"][0].clone();
+    if let Some(server) = server {
+        cluster["cluster"]["server"] = Value::from(server);
+    }
     let cluster_name = cluster["name"].clone();
     let config = serde_json::json!({
         "apiVersion": "v1",
