@@ -63,19 +63,24 @@ pub struct Policy {
 impl Policy {
     /// How long a Retired key stays published: `propagationDelay + maxTokenLifetime`.
     pub fn retention(&self) -> TimeDelta {
-        self.propagation_delay + self.max_token_lifetime
+        sum(self.propagation_delay, self.max_token_lifetime)
     }
 
     /// Validity given to a new certificate: a key normally lives one interval as Next,
     /// one as Active and `retention` as Retired; one more interval is slack.
     pub fn certificate_lifetime(&self) -> TimeDelta {
-        self.rotation_interval * 3 + self.retention()
+        sum(
+            self.rotation_interval
+                .checked_mul(3)
+                .unwrap_or(TimeDelta::MAX),
+            self.retention(),
+        )
     }
 
     /// A certificate is renewed (while the key still has its private half) once less
     /// than this is left: enough for one more active period and the retention.
     pub fn certificate_renewal_margin(&self) -> TimeDelta {
-        self.rotation_interval + self.retention()
+        sum(self.rotation_interval, self.retention())
     }
 
     fn accepts(&self, alg: Algorithm, jwk: &PublicJwk) -> bool {
@@ -122,7 +127,9 @@ pub struct TargetObservation {
 pub struct Observed {
     /// The stored ring.
     pub ring: StoredRing,
-    /// Every target JWKS of the policy.
+    /// Every target JWKS of the policy (its own ConfigMap and any bundle targets). A
+    /// key counts as published once every one of them shows it; with no targets at
+    /// all that is vacuously true, so always pass at least the policy's own.
     pub targets: Vec<TargetObservation>,
     /// Public JWKs of this policy's keys found in the targets (attributed to it by the
     /// `keyrotor.dev/sources` annotation): used only to rebuild a lost ring.
@@ -516,7 +523,7 @@ impl Planner<'_> {
                 published_at: None,
                 activated_at: None,
                 retired_at: Some(self.now),
-                removes_at: Some(self.now + self.policy.retention()),
+                removes_at: Some(later(self.now, self.policy.retention())),
                 activated_without_prepublication: None,
                 recovered: true,
                 // The certificate itself is not recoverable from x5c alone with its
@@ -641,7 +648,7 @@ impl Planner<'_> {
             .iter_mut()
             .find(|k| k.state == KeyState::Next && k.published_at.is_some());
         if let Some(next) = published_next {
-            let fully = next.published_at.is_some_and(|p| now >= p + delay);
+            let fully = next.published_at.is_some_and(|p| now >= later(p, delay));
             next.state = KeyState::Active;
             next.activated_at = Some(now);
             let exception = (!fully).then_some(reason);
@@ -691,14 +698,14 @@ impl Planner<'_> {
         let scheduled = !self.policy.paused
             && active
                 .activated_at
-                .is_some_and(|at| self.now >= at + self.policy.rotation_interval);
+                .is_some_and(|at| self.now >= later(at, self.policy.rotation_interval));
         if !requested && !scheduled {
             return;
         }
         let Some(next) = ring.next() else { return };
         let ready = next
             .published_at
-            .is_some_and(|p| self.now >= p + self.policy.propagation_delay);
+            .is_some_and(|p| self.now >= later(p, self.policy.propagation_delay));
         if !ready {
             // Waiting out propagationDelay is normal; a Next key missing from a target
             // while rotation is due is worth a condition.
@@ -740,13 +747,13 @@ impl Planner<'_> {
         // still exists.
         if let Some(cert) = &key.certificate
             && self.policy.certificate
-            && cert.not_after < now + retention
+            && cert.not_after < later(now, retention)
         {
             self.issue_certificate(key);
         }
         key.state = KeyState::Retired;
         key.retired_at = Some(now);
-        key.removes_at = Some(now + retention);
+        key.removes_at = Some(later(now, retention));
         key.private_jwk = None;
         self.transitions.push(Transition::Retired {
             kid: key.kid.clone(),
@@ -777,7 +784,7 @@ impl Planner<'_> {
             }
             // A longer retention in the policy extends it; a shorter one never cuts it.
             if let (Some(retired), Some(removes)) = (key.retired_at, key.removes_at) {
-                key.removes_at = Some(removes.max(retired + retention));
+                key.removes_at = Some(removes.max(later(retired, retention)));
             }
             let expired = key.removes_at.is_some_and(|at| now >= at);
             if expired {
@@ -807,7 +814,7 @@ impl Planner<'_> {
             let due = key
                 .certificate
                 .as_ref()
-                .is_none_or(|c| c.not_after <= self.now + margin);
+                .is_none_or(|c| c.not_after <= later(self.now, margin));
             if due {
                 let mut key = ring.keys[index].clone();
                 self.issue_certificate(&mut key);
@@ -821,7 +828,10 @@ impl Planner<'_> {
             return;
         };
         let not_before = key.created_at;
-        let not_after = self.now.max(key.created_at) + self.policy.certificate_lifetime();
+        let not_after = later(
+            self.now.max(key.created_at),
+            self.policy.certificate_lifetime(),
+        );
         match keys::certificate::self_signed(private, &self.policy.subject, not_before, not_after) {
             Ok(cert) => {
                 key.public_jwk.x5c = Some(vec![cert.x5c()]);
@@ -888,11 +898,11 @@ impl Planner<'_> {
         let scheduled = if requested {
             self.now
         } else {
-            active.activated_at? + self.policy.rotation_interval
+            later(active.activated_at?, self.policy.rotation_interval)
         };
         Some(match next.published_at {
-            Some(p) => scheduled.max(p + self.policy.propagation_delay),
-            None => scheduled.max(self.now + self.policy.propagation_delay),
+            Some(p) => scheduled.max(later(p, self.policy.propagation_delay)),
+            None => scheduled.max(later(self.now, self.policy.propagation_delay)),
         })
     }
 
@@ -905,7 +915,7 @@ impl Planner<'_> {
             } else {
                 // Publication is normally noticed through the target's watch event; look
                 // again after propagationDelay in case no event comes.
-                wake.push(self.now + self.policy.propagation_delay);
+                wake.push(later(self.now, self.policy.propagation_delay));
             }
         }
         for key in &ring.keys {
@@ -913,7 +923,10 @@ impl Planner<'_> {
                 wake.extend(key.removes_at);
             }
             if let (Some(cert), Some(_)) = (&key.certificate, &key.private_jwk) {
-                wake.push(cert.not_after - self.policy.certificate_renewal_margin());
+                wake.push(earlier(
+                    cert.not_after,
+                    self.policy.certificate_renewal_margin(),
+                ));
             }
         }
         let wake_at = wake.into_iter().filter(|t| *t > self.now).min();
@@ -948,4 +961,19 @@ fn whole_seconds(t: DateTime<Utc>, round_up: bool) -> DateTime<Utc> {
         secs += 1;
     }
     DateTime::from_timestamp(secs, 0).unwrap_or(t)
+}
+
+/// `t + d`, saturating: policy durations come from users and must never panic.
+fn later(t: DateTime<Utc>, d: TimeDelta) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `t - d`, saturating.
+fn earlier(t: DateTime<Utc>, d: TimeDelta) -> DateTime<Utc> {
+    t.checked_sub_signed(d).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// `a + b`, saturating.
+fn sum(a: TimeDelta, b: TimeDelta) -> TimeDelta {
+    a.checked_add(&b).unwrap_or(TimeDelta::MAX)
 }

@@ -509,3 +509,43 @@ fn stored_ring_reports_why_it_is_unusable() {
         StoredRing::Corrupt(RingError::NoActive)
     ));
 }
+
+#[test]
+fn absurd_durations_saturate_instead_of_panicking() {
+    let mut p = policy();
+    p.rotation_interval = TimeDelta::MAX;
+    p.max_token_lifetime = TimeDelta::MAX;
+    p.propagation_delay = TimeDelta::MAX;
+    p.certificate = true;
+    let observed = Observed {
+        ring: StoredRing::Missing,
+        targets: vec![],
+        recoverable: vec![],
+        status_kids: vec![],
+    };
+    let generator = SeededKeyGenerator::new(18);
+    let planned = step(&p, &observed, t0(), &generator).unwrap();
+    assert!(planned.ring.active().is_some());
+    // The certificate cannot express such a validity: reported, not a crash.
+    assert!(
+        planned
+            .degraded
+            .iter()
+            .any(|d| matches!(d, Degraded::CertificateFailed { .. }))
+    );
+    let again = plan(
+        &p,
+        &Observed {
+            ring: StoredRing::Present(planned.ring.clone()),
+            ..observed
+        },
+        t0() + TimeDelta::days(365 * 1000),
+    )
+    .unwrap();
+    // No rotation is ever due; the same key keeps signing.
+    assert_eq!(
+        again.ring.active().unwrap().kid,
+        planned.ring.active().unwrap().kid
+    );
+    assert_eq!(again.next_rotation, Some(DateTime::<Utc>::MAX_UTC));
+}
