@@ -404,3 +404,59 @@ fn jwks_parse_reads_kids_and_rejects_private_members() {
         Err(JwksError::Malformed { .. })
     ));
 }
+
+mod merge_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Merging is deterministic whatever the input order; every kid appears once,
+        /// credited to the first source (by name) offering it; each source's keys keep
+        /// their relative order; the document parses back to the same keys.
+        #[test]
+        fn merge_is_deterministic_and_complete(
+            shape in prop::collection::vec((0u8..6, prop::collection::vec(0usize..12, 0..6)), 0..6),
+            rotate in 0usize..6,
+        ) {
+            let pool = keys(99, 12, Algorithm::EdDSA);
+            let sources: Vec<JwksSource> = shape
+                .iter()
+                .map(|(name, picks)| JwksSource {
+                    name: format!("ns/p{name}"),
+                    keys: picks.iter().map(|&i| pool[i].clone()).collect(),
+                })
+                .collect();
+            let merged = jwks::merge(&sources).unwrap();
+            let mut rotated = sources.clone();
+            if !rotated.is_empty() {
+                let by = rotate % rotated.len();
+                rotated.rotate_left(by);
+            }
+            // Sources with equal names keep their relative order, so only compare
+            // when names are distinct.
+            let names: BTreeSet<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+            if names.len() == sources.len() {
+                prop_assert_eq!(&jwks::merge(&rotated).unwrap(), &merged);
+            }
+            let doc = jwks::parse(&merged.document).unwrap();
+            let kids: Vec<String> = doc.public_jwks().into_iter().map(|k| k.kid).collect();
+            let unique: BTreeSet<&String> = kids.iter().collect();
+            prop_assert_eq!(unique.len(), kids.len(), "duplicate kid in merged JWKS");
+            let offered: BTreeSet<String> = sources
+                .iter()
+                .flat_map(|s| s.keys.iter().map(|k| k.kid.clone()))
+                .collect();
+            prop_assert_eq!(kids.iter().cloned().collect::<BTreeSet<_>>(), offered);
+            let credited: Vec<String> = merged.sources.values().flatten().cloned().collect();
+            prop_assert_eq!(&credited, &kids, "sources list kids in document order");
+            for source in &sources {
+                let mine: Vec<&String> = merged.sources[&source.name].iter().collect();
+                let positions: Vec<usize> = mine
+                    .iter()
+                    .map(|kid| kids.iter().position(|k| k == *kid).unwrap())
+                    .collect();
+                prop_assert!(positions.windows(2).all(|w| w[0] < w[1]));
+            }
+        }
+    }
+}
