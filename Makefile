@@ -7,6 +7,8 @@
 #   make lint           rustfmt and clippy
 #   make test           everything: a fresh control plane, every step of TEST_STEPS
 #                       inside it, the control plane always stopped afterwards
+#   make bench          scale, memory and API cost on a fresh control plane (~10 min,
+#                       not part of `make test`): a table and target/bench/results.json
 #
 # Adding a test step: write a target and append it to TEST_STEPS below (or with
 # `TEST_STEPS += my-step` further down). tests/run starts the control plane, runs
@@ -86,3 +88,17 @@ e2e:
 	eval "$$(tests/e2e/deps)" && KEYROTOR_E2E=1 $(CARGO) test --test e2e
 
 .PHONY: e2e
+
+# --- the bench ------------------------------------------------------------------------
+# The release operator and the bench driver are built before the control plane starts;
+# tests/bench/cluster.rs runs the phases against it.
+bench: tools
+	$(CARGO) build --release --bin keyrotor
+	$(CARGO) bench --bench cluster --no-run
+	MAKE="$(MAKE)" tests/run bench-cluster
+
+# One bench run against the running control plane (`make cluster-up` first).
+bench-cluster:
+	$(CARGO) bench --bench cluster
+
+.PHONY: bench bench-cluster
