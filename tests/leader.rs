@@ -745,3 +745,43 @@ async fn a_partitioned_operator_stops_writing_and_its_late_writes_are_refused() 
     eprintln!("late writes of the old leader: {late:?}");
     b.kill();
 }
+
+#[tokio::test]
+async fn a_refused_renewal_steps_down_at_once_not_at_the_deadline() {
+    let admin = support::client().await;
+    let ns = TestNamespace::new(&admin, "leader-refused").await;
+    let release = format!("kr-{}", ns.name());
+    let rbac = chart_support::install_rbac(&release, ns.name(), &["watchNamespaces={}"]).await;
+    let client = support::client_with_token(&rbac.token).await;
+    // A long deadline, so stepping down at once and at the deadline are far apart.
+    let config = LeaseConfig {
+        lease_duration: Duration::from_secs(10),
+        renew_interval: Duration::from_secs(1),
+        renew_deadline: Duration::from_secs(8),
+        retry_period: Duration::from_millis(500),
+        ..LeaseConfig::new(ns.name(), LEASE, "a")
+    };
+    let elector = LeaderElector::start(client, config).unwrap();
+    wait_for(&elector, true, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(elector.is_leader());
+
+    // Withdraw the right to renew the Lease.
+    let revoked = Instant::now();
+    support::run_kubectl(&[
+        "delete",
+        "rolebinding",
+        &format!("{release}-keyrotor-leader-election"),
+        "--namespace",
+        ns.name(),
+    ])
+    .assert_success("deleting the election RoleBinding");
+    let stepped_down = wait_for(&elector, false, Duration::from_secs(10)).await - revoked;
+    eprintln!("refused renewal: stepped down after {stepped_down:?}");
+    // The next renewal (within 1 s) is refused and the leader steps down then, long
+    // before the 8 s deadline.
+    assert!(
+        stepped_down < Duration::from_secs(3),
+        "stepped down after {stepped_down:?}"
+    );
+}
