@@ -77,6 +77,8 @@ pub struct Findings {
     pub max_activation_lag: Option<f64>,
     /// Watches that had to list again (changes in between may be unseen).
     pub observation_gaps: usize,
+    /// Checks that could not be decided because a watch was relisting at the time.
+    pub unverifiable: usize,
     pub secret_versions: usize,
     pub jwks_versions: usize,
 }
@@ -105,7 +107,7 @@ pub fn check(timing: &PolicyTiming, observations: &[Observation], actions: &[Act
             Change::Secret(_) => o.name == timing.secret_name,
             Change::ConfigMap(_) => o.name == timing.config_map_name,
             Change::Policy(_) => o.name == timing.name,
-            Change::Relisted => true,
+            Change::Gap { .. } => true,
         })
         .collect();
     // Stable: a relist marker keeps its place among equal revisions.
@@ -140,6 +142,14 @@ struct Replay<'a> {
     last_activation: Option<Time>,
     /// Kids that were missing from the JWKS while Active under an exception.
     excepted_missing: BTreeSet<String>,
+    /// A watch is relisting: that object's state is unknown.
+    secret_gap: bool,
+    config_map_gap: bool,
+    /// Kids first seen in the JWKS during a relist: since when they were published is
+    /// unknown.
+    uncertain_since: BTreeSet<String>,
+    /// Kids whose retirement was seen during a relist: when it happened is unknown.
+    uncertain_retired: BTreeSet<String>,
 }
 
 impl<'a> Replay<'a> {
@@ -171,6 +181,10 @@ impl<'a> Replay<'a> {
             next_request: 0,
             last_activation: None,
             excepted_missing: BTreeSet::new(),
+            secret_gap: false,
+            config_map_gap: false,
+            uncertain_since: BTreeSet::new(),
+            uncertain_retired: BTreeSet::new(),
         }
     }
 
@@ -195,7 +209,16 @@ impl<'a> Replay<'a> {
 
     fn apply(&mut self, o: &Observation) {
         match &o.change {
-            Change::Relisted => self.findings.observation_gaps += 1,
+            Change::Gap { kind, open } => {
+                if *open {
+                    self.findings.observation_gaps += 1;
+                }
+                match *kind {
+                    "Secret" => self.secret_gap = *open,
+                    "ConfigMap" => self.config_map_gap = *open,
+                    _ => {}
+                }
+            }
             Change::Policy(policy) => {
                 if let Some(p) = policy {
                     self.revoked.extend(p.revoked.iter().cloned());
@@ -221,6 +244,10 @@ impl<'a> Replay<'a> {
         let Some(kid) = secret.kid.clone() else {
             return;
         };
+        if self.secret_gap || self.config_map_gap {
+            self.findings.unverifiable += 1;
+            return;
+        }
         let published = self.doc.as_ref().is_some_and(|d| d.contains(&kid));
         if published {
             return;
@@ -272,6 +299,9 @@ impl<'a> Replay<'a> {
         }
         if let (Some(old_kid), true) = (&old_kid, new_kid != old_kid) {
             self.retired_seen.entry(old_kid.clone()).or_insert(at);
+            if self.secret_gap {
+                self.uncertain_retired.insert(old_kid.clone());
+            }
         }
         self.check_next_replaced(at, old.as_deref(), &new);
         self.secret = Some(new);
@@ -312,6 +342,11 @@ impl<'a> Replay<'a> {
             return;
         };
         if new.next_kid() == Some(old_next) {
+            return;
+        }
+        if self.secret_gap {
+            // Versions in between may be unseen (an activation among them).
+            self.findings.unverifiable += 1;
             return;
         }
         let activated = new.kid.as_deref() == Some(old_next);
@@ -394,7 +429,12 @@ impl<'a> Replay<'a> {
         }
 
         // Invariant 2, as observed: continuously in the JWKS for propagationDelay.
+        let uncertain = self.uncertain_since.contains(kid);
         let margin = match self.present_since.get(kid) {
+            None if self.config_map_gap => {
+                self.findings.unverifiable += 1;
+                None
+            }
             None => {
                 self.violation(
                     "2",
@@ -406,7 +446,10 @@ impl<'a> Replay<'a> {
             }
             Some(since) => {
                 let margin = secs(*since, at) - pd;
-                if margin < -TOLERANCE {
+                if margin < -TOLERANCE && uncertain {
+                    // First seen in a relist: it may have been published earlier.
+                    self.findings.unverifiable += 1;
+                } else if margin < -TOLERANCE {
                     self.violation(
                         "2",
                         at,
@@ -417,7 +460,9 @@ impl<'a> Replay<'a> {
                         ),
                     );
                 }
-                min_opt(&mut self.findings.min_prepublication_margin, margin);
+                if !uncertain {
+                    min_opt(&mut self.findings.min_prepublication_margin, margin);
+                }
                 Some(margin)
             }
         };
@@ -509,7 +554,11 @@ impl<'a> Replay<'a> {
             .map(|d| d.kids.iter().cloned().collect())
             .unwrap_or_default();
         self.present_since.retain(|kid, _| kids.contains(kid));
+        self.uncertain_since.retain(|kid| kids.contains(kid));
         for kid in &kids {
+            if !self.present_since.contains_key(kid) && self.config_map_gap {
+                self.uncertain_since.insert(kid.clone());
+            }
             self.present_since.entry(kid.clone()).or_insert(at);
             // Invariant 5: nothing is published that no ring ever held.
             if !self.furthest_state.contains_key(kid)
@@ -547,6 +596,11 @@ impl<'a> Replay<'a> {
             }
             let kept = secs(retired_at, at);
             let margin = kept - retention;
+            if self.uncertain_retired.contains(&kid) {
+                // Retirement seen late, in a relist: "kept" is underestimated.
+                self.findings.unverifiable += 1;
+                continue;
+            }
             min_opt(&mut self.findings.min_retention_margin, margin);
             if margin < -TOLERANCE {
                 self.violation(

@@ -95,7 +95,7 @@ pub async fn run(fault: Fault, ctx: FaultContext, seed: u64, mut stop: watch::Re
             } else {
                 "kube-apiserver"
             };
-            while !pause(&mut stop, rng.random_range(12.0..20.0)).await {
+            while !pause(&mut stop, rng.random_range(20.0..35.0)).await {
                 let began = Utc::now();
                 let started = Instant::now();
                 let result = cluster::restart(&ctx.repo, component).await;

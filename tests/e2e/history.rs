@@ -127,9 +127,26 @@ fn rv_of<K: Resource>(object: &K) -> u64 {
         .unwrap_or(0)
 }
 
+/// Retries a broken watch every 200 ms: the default backoff grows to 30 s across an API
+/// server restart, and every second the harness is behind, its participants would be
+/// too (the model delays versions from the moment the harness sees them).
+struct QuickRetry;
+
+impl Iterator for QuickRetry {
+    type Item = std::time::Duration;
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(std::time::Duration::from_millis(200))
+    }
+}
+
+impl kube::runtime::utils::Backoff for QuickRetry {
+    fn reset(&mut self) {}
+}
+
 /// Turns a watch stream into observations: skips re-delivered versions, and after a
 /// relist records the objects that vanished meanwhile as deleted.
 async fn follow<K, F>(
+    kind: &'static str,
     history: Arc<History>,
     api: Api<K>,
     config: watcher::Config,
@@ -140,7 +157,7 @@ async fn follow<K, F>(
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     F: Fn(&K) -> Change,
 {
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut stream = watcher::watcher(api, config).backoff(QuickRetry).boxed();
     let mut known: BTreeMap<String, u64> = BTreeMap::new();
     let mut listing: Option<BTreeSet<String>> = None;
     let mut first_list = true;
@@ -166,7 +183,7 @@ async fn follow<K, F>(
                         at: now,
                         rv: max_rv,
                         name: String::new(),
-                        change: Change::Relisted,
+                        change: Change::Gap { kind, open: true },
                     });
                 }
                 listing = Some(BTreeSet::new());
@@ -215,6 +232,14 @@ async fn follow<K, F>(
                             rv: max_rv,
                             name,
                             change: deleted(),
+                        });
+                    }
+                    if !first_list {
+                        history.push(Observation {
+                            at: now,
+                            rv: max_rv,
+                            name: String::new(),
+                            change: Change::Gap { kind, open: false },
                         });
                     }
                 }
@@ -281,6 +306,7 @@ pub fn start(
                 Api::namespaced_with(client.clone(), &namespace, &policy_resource());
             futures::join!(
                 follow(
+                    "Secret",
                     history.clone(),
                     secrets,
                     labels.clone(),
@@ -289,6 +315,7 @@ pub fn start(
                     stop.clone(),
                 ),
                 follow(
+                    "ConfigMap",
                     history.clone(),
                     config_maps,
                     labels,
@@ -297,6 +324,7 @@ pub fn start(
                     stop.clone(),
                 ),
                 follow(
+                    "Policy",
                     history,
                     policies,
                     watcher::Config::default(),

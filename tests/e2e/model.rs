@@ -165,8 +165,13 @@ pub enum Change {
     Secret(Option<Arc<SecretView>>),
     ConfigMap(Option<Arc<JwksView>>),
     Policy(Option<Arc<PolicyView>>),
-    /// The watch had to list again: changes in between may have been missed.
-    Relisted,
+    /// A watch of `kind` ("Secret", "ConfigMap", "Policy") had to list again: between
+    /// `open: true` and `open: false` its object's state is unknown and changes may
+    /// have been missed.
+    Gap {
+        kind: &'static str,
+        open: bool,
+    },
 }
 
 #[derive(Clone, Debug)]

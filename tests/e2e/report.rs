@@ -133,7 +133,7 @@ pub fn print_scenario(s: &ScenarioReport) -> String {
         }
         let _ = writeln!(
             out,
-            "  invariant violations: {}; exceptions to pre-publication: {}; min pre-publication margin {}; min retention margin {}; max lag activatedAt -> Secret seen {}; watch relists {}",
+            "  invariant violations: {}; exceptions to pre-publication: {}; min pre-publication margin {}; min retention margin {}; max lag activatedAt -> Secret seen {}; watch relists {} ({} checks undecidable meanwhile)",
             s.invariant_violations.len(),
             s.prepublication_exceptions.len(),
             s.min_prepublication_margin_seconds
@@ -142,7 +142,8 @@ pub fn print_scenario(s: &ScenarioReport) -> String {
                 .map_or("-".into(), |m| format!("{m:+.3}s")),
             s.max_activation_lag_seconds
                 .map_or("-".into(), |m| format!("{m:.3}s")),
-            s.observation_gaps
+            s.observation_gaps,
+            s.unverifiable_checks
         );
         for v in s.invariant_violations.iter().take(5) {
             let _ = writeln!(

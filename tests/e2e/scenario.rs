@@ -242,6 +242,8 @@ pub struct ScenarioReport {
     pub rotation_log: Vec<Rotation>,
     pub max_activation_lag_seconds: Option<f64>,
     pub observation_gaps: usize,
+    /// Checks skipped because a watch was relisting (the state was unknown).
+    pub unverifiable_checks: usize,
     pub watch_errors: u64,
     pub faults_injected: BTreeMap<String, usize>,
     pub kills_between_secret_and_configmap_write: u64,
@@ -333,7 +335,7 @@ fn write_timeline(
             Change::Policy(p) => {
                 json!({"policy": o.name, "revoked": p.as_ref().map(|p| p.revoked.clone())})
             }
-            Change::Relisted => json!({"relisted": true}),
+            Change::Gap { kind, open } => json!({"watchGap": kind, "open": open}),
         };
         let mut entry = entry;
         entry["at"] = json!(o.at);
@@ -816,6 +818,7 @@ async fn run_into(
     report.min_retention_margin_seconds = findings.min_retention_margin;
     report.max_activation_lag_seconds = findings.max_activation_lag;
     report.observation_gaps = findings.observation_gaps;
+    report.unverifiable_checks = findings.unverifiable;
     report.watch_errors = history.watch_errors.lock().map(|e| *e).unwrap_or(0);
     report.invariant_violations = findings.violations.clone();
     report.prepublication_exceptions = findings.exceptions.clone();

@@ -135,6 +135,16 @@ impl Script {
         self
     }
 
+    fn gap(&mut self, at: f64, kind: &'static str, open: bool) -> &mut Self {
+        self.observations.push(Observation {
+            at: t(at),
+            rv: self.rv,
+            name: String::new(),
+            change: Change::Gap { kind, open },
+        });
+        self
+    }
+
     fn action(&mut self, at: f64, kind: ActionKind) -> &mut Self {
         self.actions.push(Action { at: t(at), kind });
         self
@@ -408,6 +418,37 @@ fn phantom_key_is_invariant_5() -> Result<(), String> {
     expect_violation(&s.check(), "5")
 }
 
+fn relist_makes_publication_unverifiable() -> Result<(), String> {
+    // B is first seen in a relist right before its activation: it may have been
+    // published long before, so this is not a violation, but it is not verified either.
+    let build = |relist: bool| {
+        let mut s = Script::default();
+        let mut first = active("A", 0.0, 0.0);
+        first.exception = Some(ActivationException::FirstKey);
+        s.secret(0.0, &[first, next("B", None)]).jwks(0.01, &["A"]);
+        if relist {
+            s.gap(1.0, "ConfigMap", true);
+        }
+        s.jwks(1.9, &["A", "B"]);
+        if relist {
+            s.gap(1.9, "ConfigMap", false);
+        }
+        s.request(1.95)
+            .secret(2.0, &[active("B", 0.5, 2.0), next("C", None), retired("A")])
+            .jwks(2.01, &["B", "C", "A"]);
+        s.check()
+    };
+    let with_gap = build(true);
+    expect_clean(&with_gap)?;
+    if with_gap.unverifiable == 0 || with_gap.observation_gaps != 1 {
+        return Err(format!(
+            "expected an unverifiable check and one gap, got {} and {}",
+            with_gap.unverifiable, with_gap.observation_gaps
+        ));
+    }
+    expect_violation(&build(false), "2")
+}
+
 fn delays_only_move_forward() -> Result<(), String> {
     let delays = Delays::new(42, 0.5);
     let versions: Vec<(Time, Arc<u32>)> =
@@ -458,7 +499,7 @@ type SelfTest = fn() -> Result<(), String>;
 
 /// Runs every self-test; prints one line each and a closing tally.
 pub fn run() -> bool {
-    let tests: [(&str, SelfTest); 15] = [
+    let tests: [(&str, SelfTest); 16] = [
         ("checker: a clean history passes", clean_history_passes),
         (
             "checker: activation before propagationDelay is invariant 2",
@@ -507,6 +548,10 @@ pub fn run() -> bool {
         (
             "checker: a published key no ring held is invariant 5",
             phantom_key_is_invariant_5,
+        ),
+        (
+            "checker: a relist leaves publication unverified, not violated",
+            relist_makes_publication_unverifiable,
         ),
         (
             "participants: visibility only moves forward and lags",
