@@ -142,6 +142,10 @@ struct Replay<'a> {
     last_activation: Option<Time>,
     /// Kids that were missing from the JWKS while Active under an exception.
     excepted_missing: BTreeSet<String>,
+    /// The last rotate-request value the policy watch showed, and whether a new one
+    /// arrived since the last activation.
+    last_request_seen: Option<String>,
+    request_seen_pending: bool,
     /// A watch is relisting: that object's state is unknown.
     secret_gap: bool,
     config_map_gap: bool,
@@ -181,6 +185,8 @@ impl<'a> Replay<'a> {
             next_request: 0,
             last_activation: None,
             excepted_missing: BTreeSet::new(),
+            last_request_seen: None,
+            request_seen_pending: false,
             secret_gap: false,
             config_map_gap: false,
             uncertain_since: BTreeSet::new(),
@@ -222,6 +228,12 @@ impl<'a> Replay<'a> {
             Change::Policy(policy) => {
                 if let Some(p) = policy {
                     self.revoked.extend(p.revoked.iter().cloned());
+                    // A new annotation value, in etcd order: a request that the API
+                    // server stored even if its response never reached the harness.
+                    if p.rotate_request.is_some() && p.rotate_request != self.last_request_seen {
+                        self.last_request_seen = p.rotate_request.clone();
+                        self.request_seen_pending = true;
+                    }
                 }
             }
             Change::Secret(secret) => {
@@ -532,9 +544,10 @@ impl<'a> Replay<'a> {
         self.last_activation = Some(activated_at);
     }
 
-    /// Marks every rotate request made before `at` as honoured; whether there was one.
+    /// Marks every rotate request made before `at` as honoured; whether there was one
+    /// (sent by the harness, or seen on the policy before this activation).
     fn consume_requests(&mut self, at: Time) -> bool {
-        let mut any = false;
+        let mut any = std::mem::take(&mut self.request_seen_pending);
         while let Some(action) = self.actions.get(self.next_request) {
             if secs(action.at, at) < 0.0 {
                 break;

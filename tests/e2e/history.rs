@@ -276,7 +276,14 @@ fn policy_change(policy: &DynamicObject) -> Change {
                 .collect()
         })
         .unwrap_or_default();
-    Change::Policy(Some(Arc::new(PolicyView { revoked })))
+    let rotate_request = policy
+        .annotations()
+        .get("keyrotor.dev/rotate-request")
+        .cloned();
+    Change::Policy(Some(Arc::new(PolicyView {
+        revoked,
+        rotate_request,
+    })))
 }
 
 /// Starts the three watches of `namespace` on a thread and runtime of their own (with

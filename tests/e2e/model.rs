@@ -157,6 +157,8 @@ impl JwksView {
 #[derive(Clone, Debug, Default)]
 pub struct PolicyView {
     pub revoked: Vec<String>,
+    /// The `keyrotor.dev/rotate-request` annotation.
+    pub rotate_request: Option<String>,
 }
 
 /// One change of one object, as the watch delivered it.

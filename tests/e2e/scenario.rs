@@ -333,7 +333,11 @@ fn write_timeline(
                 json!({"jwks": o.name, "kids": d.kids, "error": d.parse_error})
             }
             Change::Policy(p) => {
-                json!({"policy": o.name, "revoked": p.as_ref().map(|p| p.revoked.clone())})
+                json!({
+                    "policy": o.name,
+                    "revoked": p.as_ref().map(|p| p.revoked.clone()),
+                    "rotateRequest": p.as_ref().map(|p| p.rotate_request.clone()),
+                })
             }
             Change::Gap { kind, open } => json!({"watchGap": kind, "open": open}),
         };
