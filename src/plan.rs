@@ -426,8 +426,22 @@ pub fn step(
     now: DateTime<Utc>,
     generator: &dyn KeyGenerator,
 ) -> Result<Plan, StepError> {
+    step_when_ready(policy, observed, &|| now, generator)
+}
+
+/// Like [`step`], but asks `clock` for the time again after every round of key
+/// generation and plans at that later instant. Generating an RSA key can take
+/// seconds; transitions stamped before it would start a retired key's retention (and
+/// the next key's schedule) earlier than the Secret really changes.
+pub fn step_when_ready(
+    policy: &Policy,
+    observed: &Observed,
+    clock: &dyn Fn() -> DateTime<Utc>,
+    generator: &dyn KeyGenerator,
+) -> Result<Plan, StepError> {
     const MAX_ROUNDS: usize = 8;
     let mut supplied = Vec::new();
+    let mut now = clock();
     for _ in 0..MAX_ROUNDS {
         let plan = plan_with_keys(policy, observed, now, &supplied)?;
         if plan.key_requests.is_empty() {
@@ -436,6 +450,7 @@ pub fn step(
         for request in &plan.key_requests {
             supplied.push(generator.generate(request.alg, request.rsa_bits)?);
         }
+        now = clock().max(now);
     }
     Err(StepError::Exhausted(supplied.len()))
 }

@@ -9,7 +9,7 @@ use core_support::World;
 use keyrotor::keys::{Algorithm, KeyGenerator, RsaBits, SeededKeyGenerator};
 use keyrotor::plan::{
     ActivationCause, Degraded, Observed, Policy, Slot, StoredRing, TargetObservation, Transition,
-    plan, plan_with_keys, step,
+    plan, plan_with_keys, step, step_when_ready,
 };
 use keyrotor::ring::{ActivationException, KeyState, Ring, RingError};
 
@@ -548,4 +548,36 @@ fn absurd_durations_saturate_instead_of_panicking() {
         planned.ring.active().unwrap().kid
     );
     assert_eq!(again.next_rotation, Some(DateTime::<Utc>::MAX_UTC));
+}
+
+#[test]
+fn transitions_are_stamped_when_the_generated_keys_are_ready() {
+    // Key generation took 3 s (an RSA key on a busy node): the first key activates at
+    // the time it is ready, so nothing counts from an instant before the Secret changes.
+    let observed = Observed {
+        ring: StoredRing::Missing,
+        targets: vec![],
+        recoverable: vec![],
+        status_kids: vec![],
+    };
+    let ready = t0() + TimeDelta::seconds(3);
+    let reads = std::cell::Cell::new(0);
+    let clock = || {
+        reads.set(reads.get() + 1);
+        if reads.get() == 1 { t0() } else { ready }
+    };
+    let generator = SeededKeyGenerator::new(7);
+    let p = step_when_ready(&policy(), &observed, &clock, &generator).unwrap();
+    assert!(reads.get() >= 2, "the clock is read again after generating");
+    assert_eq!(p.ring.active().unwrap().activated_at, Some(ready));
+    assert_eq!(p.next_rotation, Some(ready + hours(24)));
+
+    // A clock that goes backwards is not followed.
+    let backwards = std::cell::Cell::new(0);
+    let clock = || {
+        backwards.set(backwards.get() + 1);
+        if backwards.get() == 1 { ready } else { t0() }
+    };
+    let p = step_when_ready(&policy(), &observed, &clock, &generator).unwrap();
+    assert_eq!(p.ring.active().unwrap().activated_at, Some(ready));
 }

@@ -30,7 +30,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use futures::{FutureExt, StreamExt, channel::mpsc};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
-use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -48,7 +48,7 @@ use crate::jwks::JwksError;
 use crate::keys::{Algorithm, KeyGenerator, RsaBits, SystemKeyGenerator};
 use crate::metrics::{Metrics, PolicyGauges};
 use crate::plan::{
-    self, Observed, PlanError, Policy, StepError, StoredRing, TargetObservation, Transition,
+    self, Observed, Plan, PlanError, Policy, StepError, StoredRing, TargetObservation, Transition,
 };
 use crate::ring::KeyState;
 use crate::secret;
@@ -536,6 +536,48 @@ fn secret_data_bytes(secret: &Secret) -> Option<BTreeMap<String, Vec<u8>>> {
 
 /// Sanitises a Secret write error: the API server's message is dropped, in case it
 /// ever echoes a value.
+/// Whether the plan makes a key Active (it then signs: it must be in the JWKS).
+fn activates(plan: &Plan) -> bool {
+    plan.transitions
+        .iter()
+        .any(|t| matches!(t, Transition::Activated { .. }))
+}
+
+/// Writes `desired` guarded by what was read: server-side apply with the read
+/// `resourceVersion` as precondition, or, when nothing was there, a create. An apply
+/// cannot be made conditional on absence, so two writers that both saw nothing (a
+/// second replica) would otherwise both "create", the later overwriting the earlier
+/// ring; the create makes the later one fail with a conflict and read again.
+async fn write_guarded<K>(
+    api: &Api<K>,
+    name: &str,
+    read_version: Option<String>,
+    mut desired: K,
+) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match read_version {
+        Some(version) => {
+            desired.meta_mut().resource_version = Some(version);
+            api.patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
+            .await?;
+        }
+        None => {
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PostParams::default()
+            };
+            api.create(&params, &desired).await?;
+        }
+    }
+    Ok(())
+}
+
 fn secret_write_error(name: &str, error: kube::Error) -> Error {
     match error {
         kube::Error::Api(status) => Error::SecretWrite {
@@ -725,7 +767,7 @@ async fn reconcile_policy(
     let planner_policy = core_policy(resolved, policy, namespace, name);
     let generator = ctx.generator.clone();
     let planned = tokio::task::spawn_blocking(move || {
-        plan::step(&planner_policy, &observed, now, generator.as_ref())
+        plan::step_when_ready(&planner_policy, &observed, &Utc::now, generator.as_ref())
     })
     .await?;
     let plan = match planned {
@@ -772,23 +814,33 @@ async fn reconcile_policy(
 
     // Apply: the Secret first, it is the truth.
     let data = secret::secret_data(&plan.ring, resolved.certificate)?;
-    let mut desired_secret =
-        render::secret(policy, &resolved.secret_name, resolved.certificate, data);
+    let desired_secret = render::secret(policy, &resolved.secret_name, resolved.certificate, data);
     let secret_current = existing_secret
         .as_ref()
         .is_some_and(|existing| render::secret_is_current(existing, &desired_secret));
+    if !secret_current && activates(&plan) {
+        // A key may sign only while it is in the JWKS. Planning (key generation) takes
+        // time; a hand edit of the ConfigMap meanwhile must be seen before the switch.
+        let fresh = config_maps.get_opt(config_map_name).await?;
+        let version =
+            |c: &Option<ConfigMap>| c.as_ref().and_then(|c| c.metadata.resource_version.clone());
+        if version(&fresh) != version(&existing_config_map) {
+            debug!(policy = %name, configmap = %config_map_name, "JWKS changed while planning; planning again");
+            return Ok(Action::requeue(Duration::ZERO));
+        }
+    }
     if !secret_current {
-        desired_secret.metadata.resource_version = existing_secret
+        let read_version = existing_secret
             .as_ref()
             .and_then(|s| s.metadata.resource_version.clone());
-        secrets
-            .patch(
-                &resolved.secret_name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&desired_secret),
-            )
-            .await
-            .map_err(|e| secret_write_error(&resolved.secret_name, e))?;
+        write_guarded(
+            &secrets,
+            &resolved.secret_name,
+            read_version,
+            desired_secret,
+        )
+        .await
+        .map_err(|e| secret_write_error(&resolved.secret_name, e))?;
         ctx.metrics.api_write("secret");
         debug!(policy = %name, secret = %resolved.secret_name, "Secret written");
     }
@@ -827,7 +879,7 @@ async fn reconcile_policy(
             Ok(merged) => {
                 let owners: Vec<OwnerReference> =
                     members.values().map(|(_, owner)| owner.clone()).collect();
-                let mut desired = render::config_map(
+                let desired = render::config_map(
                     namespace,
                     config_map_name,
                     &resolved.jwks_key,
@@ -838,16 +890,10 @@ async fn reconcile_policy(
                     .as_ref()
                     .is_some_and(|existing| render::config_map_is_current(existing, &desired));
                 if !current_map {
-                    desired.metadata.resource_version = existing_config_map
+                    let read_version = existing_config_map
                         .as_ref()
                         .and_then(|c| c.metadata.resource_version.clone());
-                    config_maps
-                        .patch(
-                            config_map_name,
-                            &PatchParams::apply(FIELD_MANAGER).force(),
-                            &Patch::Apply(&desired),
-                        )
-                        .await?;
+                    write_guarded(&config_maps, config_map_name, read_version, desired).await?;
                     ctx.metrics.api_write("configmap");
                     debug!(policy = %name, configmap = %config_map_name, "JWKS written");
                 }
