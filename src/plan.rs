@@ -311,6 +311,8 @@ pub struct Plan {
     /// The next instant at which a plan would change something on its own (always after
     /// `now`). `None`: nothing is scheduled.
     pub wake_at: Option<DateTime<Utc>>,
+    /// The instant the plan was made for: its transitions carry this time.
+    pub planned_at: DateTime<Utc>,
 }
 
 /// Why no plan can be made.
@@ -363,6 +365,34 @@ pub struct KeySummary {
 }
 
 impl Plan {
+    /// The plan with its activations and retirements moved from the instant it was
+    /// made to `landed`, when its Secret write is known to have landed. Signers see a
+    /// rotation only once the write has landed: a write held up (say by an API server
+    /// restart) must not shorten the retired key's retention nor the new key's turn.
+    pub fn landed_at(mut self, landed: DateTime<Utc>) -> Plan {
+        let planned = self.planned_at;
+        if landed <= planned {
+            return self;
+        }
+        let shift = landed - planned;
+        let mut activated = false;
+        for key in &mut self.ring.keys {
+            if key.activated_at == Some(planned) {
+                key.activated_at = Some(landed);
+                activated = true;
+            }
+            if key.retired_at == Some(planned) {
+                key.retired_at = Some(landed);
+                key.removes_at = key.removes_at.map(|at| later(at, shift));
+            }
+        }
+        if activated {
+            self.next_rotation = self.next_rotation.map(|at| later(at, shift));
+        }
+        self.planned_at = landed;
+        self
+    }
+
     /// Status-facing facts about the ring's keys, newest first.
     pub fn key_summaries(&self) -> Vec<KeySummary> {
         let mut keys: Vec<&RingKey> = self.ring.next().into_iter().collect();
@@ -966,6 +996,7 @@ impl Planner<'_> {
             degraded: std::mem::take(&mut self.degraded),
             next_rotation,
             wake_at,
+            planned_at: self.now,
         }
     }
 }

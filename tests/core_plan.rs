@@ -581,3 +581,34 @@ fn transitions_are_stamped_when_the_generated_keys_are_ready() {
     let p = step_when_ready(&policy(), &observed, &clock, &generator).unwrap();
     assert_eq!(p.ring.active().unwrap().activated_at, Some(ready));
 }
+
+#[test]
+fn a_rotation_that_lands_late_counts_from_when_it_landed() {
+    let mut world = World::new(policy(), 2, 2, t0());
+    let first = reconcile(&mut world, t0());
+    let k0 = first.ring.active().unwrap().kid.clone();
+    let k1 = first.ring.next().unwrap().kid.clone();
+    reconcile(&mut world, t0() + TimeDelta::seconds(1));
+    let rotation = t0() + hours(24);
+    let rotated = reconcile(&mut world, rotation);
+    assert_eq!(rotated.planned_at, rotation);
+    let older = rotated.ring.get(&k0).unwrap().clone();
+
+    // The Secret write took 4 s (an API server restart held it up).
+    let landed = rotation + TimeDelta::seconds(4);
+    let moved = rotated.clone().landed_at(landed);
+    assert_eq!(moved.planned_at, landed);
+    assert_eq!(moved.ring.get(&k1).unwrap().activated_at, Some(landed));
+    let retired = moved.ring.get(&k0).unwrap();
+    assert_eq!(retired.retired_at, Some(landed));
+    assert_eq!(retired.removes_at, Some(landed + minutes(75)));
+    // What happened earlier keeps its own times.
+    assert_eq!(retired.activated_at, older.activated_at);
+    assert_eq!(retired.published_at, older.published_at);
+    assert_eq!(
+        moved.next_rotation,
+        rotated.next_rotation.map(|t| t + TimeDelta::seconds(4))
+    );
+    // Landing "before" the plan changes nothing.
+    assert_eq!(rotated.clone().landed_at(t0()), rotated);
+}

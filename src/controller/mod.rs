@@ -536,6 +536,10 @@ fn secret_data_bytes(secret: &Secret) -> Option<BTreeMap<String, Vec<u8>>> {
 
 /// Sanitises a Secret write error: the API server's message is dropped, in case it
 /// ever echoes a value.
+/// A Secret write that took longer than this after its plan was made has its
+/// transition times moved to when it landed (the e2e checker's tolerance is 0.25 s).
+const LANDING_SLACK: TimeDelta = TimeDelta::milliseconds(200);
+
 /// Whether the plan makes a key Active (it then signs: it must be in the JWKS).
 fn activates(plan: &Plan) -> bool {
     plan.transitions
@@ -553,7 +557,7 @@ async fn write_guarded<K>(
     name: &str,
     read_version: Option<String>,
     mut desired: K,
-) -> Result<(), kube::Error>
+) -> Result<K, kube::Error>
 where
     K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -565,17 +569,16 @@ where
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&desired),
             )
-            .await?;
+            .await
         }
         None => {
             let params = PostParams {
                 field_manager: Some(FIELD_MANAGER.to_owned()),
                 ..PostParams::default()
             };
-            api.create(&params, &desired).await?;
+            api.create(&params, &desired).await
         }
     }
-    Ok(())
 }
 
 fn secret_write_error(name: &str, error: kube::Error) -> Error {
@@ -770,7 +773,7 @@ async fn reconcile_policy(
         plan::step_when_ready(&planner_policy, &observed, &Utc::now, generator.as_ref())
     })
     .await?;
-    let plan = match planned {
+    let mut plan = match planned {
         Ok(plan) => plan,
         Err(StepError::Plan(PlanError::NewerRing(e))) => {
             drop(jwks_guard);
@@ -833,7 +836,7 @@ async fn reconcile_policy(
         let read_version = existing_secret
             .as_ref()
             .and_then(|s| s.metadata.resource_version.clone());
-        write_guarded(
+        let written = write_guarded(
             &secrets,
             &resolved.secret_name,
             read_version,
@@ -843,6 +846,25 @@ async fn reconcile_policy(
         .map_err(|e| secret_write_error(&resolved.secret_name, e))?;
         ctx.metrics.api_write("secret");
         debug!(policy = %name, secret = %resolved.secret_name, "Secret written");
+        let landed = Utc::now();
+        if activates(&plan) && landed - plan.planned_at > LANDING_SLACK {
+            // The write was held up: signers saw the rotation only now, so the retired
+            // key's retention and the new key's turn count from now.
+            plan = plan.landed_at(landed);
+            let data = secret::secret_data(&plan.ring, resolved.certificate)?;
+            let restamped =
+                render::secret(policy, &resolved.secret_name, resolved.certificate, data);
+            write_guarded(
+                &secrets,
+                &resolved.secret_name,
+                written.metadata.resource_version,
+                restamped,
+            )
+            .await
+            .map_err(|e| secret_write_error(&resolved.secret_name, e))?;
+            ctx.metrics.api_write("secret");
+            debug!(policy = %name, secret = %resolved.secret_name, "Secret restamped after a slow write");
+        }
     }
 
     // Apply: the JWKS ConfigMap.
