@@ -83,11 +83,11 @@ wait_for() { # state name timeout-seconds command...
 }
 
 # Stops one component: SIGTERM, then SIGKILL after 20 s; returns once it has exited.
-stop_process() { # state name
-    local state="$1" name="$2" pid i
+stop_process() { # state name [grace seconds, default 20]
+    local state="$1" name="$2" grace="${3:-20}" pid i
     if pid="$(running_pid "$state" "$name")"; then
         kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 200; i++)); do
+        for ((i = 0; i < grace * 10; i++)); do
             running_pid "$state" "$name" >/dev/null || break
             sleep 0.1
         done
