@@ -144,8 +144,11 @@ struct Replay<'a> {
     excepted_missing: BTreeSet<String>,
     /// The last rotate-request value the policy watch showed, and whether a new one
     /// arrived since the last activation.
-    last_request_seen: Option<String>,
-    request_seen_pending: bool,
+    /// Every rotate-request value made so far (sent, or seen in the policy watch):
+    /// each one allows one rotation.
+    requested_values: BTreeSet<String>,
+    /// Rotations the requests have justified so far.
+    requested_rotations: usize,
     /// A watch is relisting: that object's state is unknown.
     secret_gap: bool,
     config_map_gap: bool,
@@ -185,8 +188,8 @@ impl<'a> Replay<'a> {
             next_request: 0,
             last_activation: None,
             excepted_missing: BTreeSet::new(),
-            last_request_seen: None,
-            request_seen_pending: false,
+            requested_values: BTreeSet::new(),
+            requested_rotations: 0,
             secret_gap: false,
             config_map_gap: false,
             uncertain_since: BTreeSet::new(),
@@ -230,9 +233,8 @@ impl<'a> Replay<'a> {
                     self.revoked.extend(p.revoked.iter().cloned());
                     // A new annotation value, in etcd order: a request that the API
                     // server stored even if its response never reached the harness.
-                    if p.rotate_request.is_some() && p.rotate_request != self.last_request_seen {
-                        self.last_request_seen = p.rotate_request.clone();
-                        self.request_seen_pending = true;
+                    if let Some(value) = &p.rotate_request {
+                        self.requested_values.insert(value.clone());
                     }
                 }
             }
@@ -546,19 +548,27 @@ impl<'a> Replay<'a> {
 
     /// Marks every rotate request made before `at` as honoured; whether there was one
     /// (sent by the harness, or seen on the policy before this activation).
+    /// Whether a rotate request made before `at` is still unanswered; if so, this
+    /// rotation answers it. Two values set before the operator saw the first may be
+    /// honoured one after the other: each value allows one rotation.
     fn consume_requests(&mut self, at: Time) -> bool {
-        let mut any = std::mem::take(&mut self.request_seen_pending);
         while let Some(action) = self.actions.get(self.next_request) {
             if secs(action.at, at) < 0.0 {
                 break;
             }
-            if matches!(&action.kind, ActionKind::RotateRequested { policy, .. } if policy == &self.timing.name)
+            if let ActionKind::RotateRequested { policy, value } = &action.kind
+                && policy == &self.timing.name
             {
-                any = true;
+                self.requested_values.insert(value.clone());
             }
             self.next_request += 1;
         }
-        any
+        if self.requested_values.len() > self.requested_rotations {
+            self.requested_rotations += 1;
+            true
+        } else {
+            false
+        }
     }
 
     fn on_jwks(&mut self, at: Time, doc: Option<std::sync::Arc<JwksView>>) {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use keyrotor::keys::{Algorithm, KeyGenerator as _, RsaBits, SystemKeyGenerator};
+use keyrotor::ring::KeyState;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use rand::rngs::ChaCha20Rng;
@@ -19,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::cluster;
 use crate::history::{History, policy_resource};
-use crate::model::{Action, ActionKind};
+use crate::model::{Action, ActionKind, secs};
 use crate::operator::OperatorSet;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
@@ -67,6 +68,7 @@ pub struct FaultContext {
     /// Kills that landed after a Secret write and before the matching ConfigMap write.
     pub kills_between_writes: Arc<Mutex<u64>>,
     pub rotation_interval: f64,
+    pub propagation_delay: f64,
 }
 
 /// Sleeps `seconds` unless stopped first; true when stopped.
@@ -117,7 +119,9 @@ pub async fn run(fault: Fault, ctx: FaultContext, seed: u64, mut stop: watch::Re
         }
         Fault::ConfigMapEdit => {
             while !pause(&mut stop, rng.random_range(2.0..5.0)).await {
-                edit_config_map(&ctx, &mut rng).await;
+                let remove_next = rng.random_bool(0.6)
+                    && wait_for_fresh_next(&ctx, &mut stop, Duration::from_secs(5)).await;
+                edit_config_map(&ctx, remove_next).await;
             }
         }
         Fault::SecretDelete => {
@@ -249,7 +253,38 @@ async fn sigkill(ctx: &FaultContext, rng: &mut ChaCha20Rng, stop: &mut watch::Re
 }
 
 /// A hand edit, as `kubectl edit` makes it (an update on the read resourceVersion).
-async fn edit_config_map(ctx: &FaultContext, rng: &mut ChaCha20Rng) {
+/// Waits until the Secret shows a Next key published less than a third of
+/// `propagationDelay` ago: removing it then lands well before it can become Active.
+/// (Removed later, the edit could land just after the operator activated it, and
+/// vandalise the Active key instead: a different fault.)
+async fn wait_for_fresh_next(
+    ctx: &FaultContext,
+    stop: &mut watch::Receiver<bool>,
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let fresh = ctx
+            .history
+            .latest_secret(&ctx.secret_name)
+            .and_then(|s| {
+                let ring = s.ring.as_ref().ok()?;
+                ring.iter()
+                    .find(|k| k.state == KeyState::Next)
+                    .and_then(|k| k.published_at)
+            })
+            .is_some_and(|published| secs(published, Utc::now()) < ctx.propagation_delay / 3.0);
+        if fresh {
+            return true;
+        }
+        if pause(stop, 0.02).await {
+            return false;
+        }
+    }
+    false
+}
+
+async fn edit_config_map(ctx: &FaultContext, remove_next: bool) {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let Ok(mut config_map) = api.get(&ctx.config_map_name).await else {
         return;
@@ -277,7 +312,7 @@ async fn edit_config_map(ctx: &FaultContext, rng: &mut ChaCha20Rng) {
     let has_next = next
         .as_ref()
         .is_some_and(|n| keys.iter().any(|k| k["kid"].as_str() == Some(n)));
-    if has_next && rng.random_bool(0.6) {
+    if has_next && remove_next {
         let next = next.unwrap_or_default();
         keys.retain(|k| k["kid"].as_str() != Some(next.as_str()));
         removed.push(next);

@@ -645,6 +645,7 @@ async fn run_into(
         written: Arc::default(),
         kills_between_writes: Arc::default(),
         rotation_interval: timing.rotation_interval,
+        propagation_delay: timing.propagation_delay,
     };
     let (stop_faults_tx, stop_faults) = tokio::sync::watch::channel(false);
     let fault_tasks: Vec<_> = s

@@ -338,6 +338,72 @@ fn one_request_one_rotation() -> Result<(), String> {
     expect_clean(&s.check())
 }
 
+fn two_requests_allow_two_rotations_not_three() -> Result<(), String> {
+    // Two values set before the operator honoured the first: it may honour both, one
+    // after the other; a third rotation has nothing left to answer.
+    let script = |third: bool| {
+        let mut s = clean_start();
+        s.request(2.5)
+            .request(2.6)
+            .secret(
+                4.1,
+                &[
+                    active("C", 2.01, 4.1),
+                    next("D", None),
+                    retired("B"),
+                    retired("A"),
+                ],
+            )
+            .jwks(4.11, &["C", "D", "B", "A"])
+            .secret(
+                4.12,
+                &[
+                    active("C", 2.01, 4.1),
+                    next("D", Some(4.11)),
+                    retired("B"),
+                    retired("A"),
+                ],
+            )
+            .secret(
+                6.2,
+                &[
+                    active("D", 4.11, 6.2),
+                    next("E", None),
+                    retired("C"),
+                    retired("B"),
+                    retired("A"),
+                ],
+            )
+            .jwks(6.21, &["D", "E", "C", "B", "A"]);
+        if third {
+            s.secret(
+                6.22,
+                &[
+                    active("D", 4.11, 6.2),
+                    next("E", Some(6.21)),
+                    retired("C"),
+                    retired("B"),
+                    retired("A"),
+                ],
+            )
+            .secret(
+                8.3,
+                &[
+                    active("E", 6.21, 8.3),
+                    next("F", None),
+                    retired("D"),
+                    retired("C"),
+                    retired("B"),
+                ],
+            )
+            .jwks(8.31, &["E", "F", "D", "C", "B"]);
+        }
+        s.check()
+    };
+    expect_clean(&script(false))?;
+    expect_violation(&script(true), "5")
+}
+
 fn scheduled_rotation_passes() -> Result<(), String> {
     let mut s = clean_start();
     s.secret(
@@ -499,7 +565,7 @@ type SelfTest = fn() -> Result<(), String>;
 
 /// Runs every self-test; prints one line each and a closing tally.
 pub fn run() -> bool {
-    let tests: [(&str, SelfTest); 16] = [
+    let tests: [(&str, SelfTest); 17] = [
         ("checker: a clean history passes", clean_history_passes),
         (
             "checker: activation before propagationDelay is invariant 2",
@@ -528,6 +594,10 @@ pub fn run() -> bool {
         (
             "checker: one rotate request allows one rotation",
             one_request_one_rotation,
+        ),
+        (
+            "checker: two rotate requests allow two rotations, not three",
+            two_requests_allow_two_rotations_not_three,
         ),
         (
             "checker: a scheduled rotation passes",
