@@ -30,6 +30,14 @@ const ISSUER = "keyrotor-e2e-issuer";
 
 const verifiers = new Map();
 
+// jose's JWKS cache and cooldown read Date.now(). A verify request carries the harness's
+// clock ("now", Unix seconds) so that a backlog in this process cannot stretch the
+// cache's age beyond what the harness models; claim checks (exp) use new Date(), the
+// real clock.
+const realNow = Date.now.bind(Date);
+let requestNow = null;
+Date.now = () => requestNow ?? realNow();
+
 function createVerifier({ verifier, cacheSeconds = 0, cooldownSeconds = 0 }) {
   const state = { served: null };
   const fetchServed = async () => {
@@ -50,8 +58,9 @@ function createVerifier({ verifier, cacheSeconds = 0, cooldownSeconds = 0 }) {
   return { ok: true };
 }
 
-async function verify({ verifier, token, alg }) {
+async function verify({ verifier, token, alg, now }) {
   const state = verifiers.get(verifier);
+  requestNow = typeof now === "number" ? Math.round(now * 1000) : null;
   try {
     const { protectedHeader } = await jwtVerify(token, state.keySet, {
       algorithms: [alg],
@@ -68,6 +77,8 @@ async function verify({ verifier, token, alg }) {
       // not even a JWS header
     }
     return { ok: false, error: `${err.code ?? err.name}: ${err.message}`, kid };
+  } finally {
+    requestNow = null;
   }
 }
 

@@ -36,6 +36,20 @@ AUDIENCE = "keyrotor-e2e"
 ISSUER = "keyrotor-e2e-issuer"
 
 
+# PyJWKClient's cache and cooldown read time.monotonic(). A verify request carries the
+# harness's clock ("now", Unix seconds) so that a backlog in this process cannot stretch
+# the cache's age beyond what the harness models; jwt.decode checks exp with
+# time.time()-based datetimes, the real clock.
+_request_now = None
+
+
+def _harness_monotonic():
+    return time.time() if _request_now is None else _request_now
+
+
+time.monotonic = _harness_monotonic
+
+
 class ServedJWKClient(jwt.PyJWKClient):
     """A PyJWKClient whose endpoint is the document the harness last published for it.
 
@@ -79,8 +93,11 @@ def op_publish(req):
 
 
 def op_verify(req):
+    global _request_now
     client = clients[req["verifier"]]
     token = req["token"]
+    now = req.get("now")
+    _request_now = float(now) if isinstance(now, (int, float)) else None
     try:
         signing_key = client.get_signing_key_from_jwt(token)
         claims = jwt.decode(
@@ -96,6 +113,8 @@ def op_verify(req):
         return {"ok": True, "kid": signing_key.key_id}
     except Exception as e:  # every rejection is an answer, not a crash
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    finally:
+        _request_now = None
 
 
 # --- JWKS conformance (RFC 7517, RFC 7518, RFC 7638), written against the RFCs and
