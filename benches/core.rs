@@ -96,6 +96,7 @@ fn settled(alg: Algorithm) -> (Policy, Observed, DateTime<Utc>) {
         observed.targets = vec![TargetObservation {
             name: "ns/jwks".into(),
             kids: Some(planned.publish.iter().map(|k| k.kid.clone()).collect()),
+            since: Default::default(),
         }];
         observed.ring = StoredRing::Present(planned.ring);
     }

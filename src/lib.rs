@@ -1,5 +1,6 @@
 //! keyrotor: generates and rotates JWT signing keys in Kubernetes.
 pub mod api;
+pub mod bundle;
 pub mod controller;
 pub mod jwks;
 pub mod keys;

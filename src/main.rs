@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use keyrotor::api::JwtSigningKey;
+use keyrotor::bundle::api::JwksBundle;
 use keyrotor::controller::{self, Settings};
 use keyrotor::leader::{self, LeaseConfig};
 use keyrotor::metrics::{self, Metrics};
@@ -29,8 +30,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the JwtSigningKey CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML (default: JwtSigningKey).
+    Crd {
+        /// Which CRD.
+        #[arg(value_enum, default_value_t = CrdKind::Jwtsigningkey)]
+        kind: CrdKind,
+    },
     /// Run the operator.
     Run(RunArgs),
 }
@@ -74,6 +79,20 @@ struct RunArgs {
     /// Name of the leader election Lease.
     #[arg(long, default_value = "keyrotor")]
     lease_name: String,
+
+    /// Run the JwksBundle controller (needs the JwksBundle CRD and cluster-wide access
+    /// to Namespaces and ConfigMaps); policy rotations then also wait for the bundles
+    /// that publish their keys.
+    #[arg(long, env = "KEYROTOR_BUNDLES")]
+    bundles: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CrdKind {
+    /// `crds/jwtsigningkey.yaml`.
+    Jwtsigningkey,
+    /// `crds/jwksbundle.yaml`.
+    Jwksbundle,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -82,8 +101,11 @@ enum LogFormat {
     Json,
 }
 
-fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
-    serde_yaml_ng::to_string(&JwtSigningKey::crd())
+fn crd_yaml(kind: CrdKind) -> Result<String, serde_yaml_ng::Error> {
+    match kind {
+        CrdKind::Jwtsigningkey => serde_yaml_ng::to_string(&JwtSigningKey::crd()),
+        CrdKind::Jwksbundle => serde_yaml_ng::to_string(&JwksBundle::crd()),
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -183,6 +205,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
 
     let settings = Settings {
         namespaces: args.namespaces.clone(),
+        bundles: args.bundles,
     };
     let leadership = elector.as_ref().map(|e| e.subscribe());
     let operator =
@@ -217,7 +240,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => match crd_yaml() {
+        Command::Crd { kind } => match crd_yaml(kind) {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS
@@ -253,11 +276,17 @@ mod tests {
     /// `cargo run -q -- crd > crds/jwtsigningkey.yaml` after changing `src/api.rs`.
     #[test]
     fn checked_in_crd_matches_the_code() {
-        let generated = super::crd_yaml().expect("CRD renders");
+        let generated = super::crd_yaml(super::CrdKind::Jwtsigningkey).expect("CRD renders");
         let checked_in = include_str!("../crds/jwtsigningkey.yaml");
         assert!(
             generated == checked_in,
-            "crds/jwtsigningkey.yaml is out of date: run `cargo run -q -- crd > crds/jwtsigningkey.yaml`"
+            "crds/jwtsigningkey.yaml is out of date: run `make crds`"
+        );
+        let generated = super::crd_yaml(super::CrdKind::Jwksbundle).expect("CRD renders");
+        let checked_in = include_str!("../crds/jwksbundle.yaml");
+        assert!(
+            generated == checked_in,
+            "crds/jwksbundle.yaml is out of date: run `make crds`"
         );
     }
 }

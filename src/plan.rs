@@ -24,7 +24,7 @@
 //! `plan` is deterministic and idempotent: applied to its own output ring with the same
 //! `now` and the same observations it changes nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -120,6 +120,11 @@ pub struct TargetObservation {
     pub name: String,
     /// The kids it contains; `None` if the target does not exist (or is unreadable).
     pub kids: Option<BTreeSet<String>>,
+    /// For a target that stands for several ConfigMaps (a JwksBundle): when each kid was
+    /// first seen in all of them. A Next key counts as published from the latest of
+    /// these times, however long ago its own ConfigMap showed it. Empty for a single
+    /// ConfigMap, which the planner itself observes.
+    pub since: BTreeMap<String, DateTime<Utc>>,
 }
 
 /// Everything the planner needs to know about the world.
@@ -657,13 +662,27 @@ impl Planner<'_> {
                 continue;
             }
             let missing = self.targets_without(&key.kid);
+            // The latest time a multi-ConfigMap target reports the kid everywhere.
+            let since = self
+                .observed
+                .targets
+                .iter()
+                .filter_map(|t| t.since.get(&key.kid))
+                .max()
+                .copied();
             let key = &mut ring.keys[index];
             match (missing.is_empty(), key.published_at, key.state) {
                 (true, None, _) => {
-                    key.published_at = Some(self.now);
+                    key.published_at = Some(since.map_or(self.now, |since| since.max(self.now)));
                     self.transitions.push(Transition::Published {
                         kid: key.kid.clone(),
                     });
+                }
+                // A target that joined later (a bundle) had the key only from `since`.
+                (true, Some(published), KeyState::Next)
+                    if since.is_some_and(|since| since > published) =>
+                {
+                    key.published_at = since;
                 }
                 (false, Some(_), KeyState::Next) => {
                     key.published_at = None;

@@ -364,6 +364,7 @@ fn a_status_without_a_ring_means_recovery_and_names_lost_keys() {
         targets: vec![TargetObservation {
             name: "auth/jwks".into(),
             kids: Some(BTreeSet::new()),
+            since: Default::default(),
         }],
         recoverable: vec![],
         status_kids: vec!["gone-kid".into()],

@@ -45,6 +45,7 @@ fn full_ring(alg: Algorithm, certificate: bool, seed: u64) -> Ring {
     observed.targets = vec![TargetObservation {
         name: "t".into(),
         kids: Some(published),
+        since: Default::default(),
     }];
     let seen = step(&p, &observed, t0() + TimeDelta::seconds(1), &generator).unwrap();
     observed.ring = StoredRing::Present(seen.ring);

@@ -44,6 +44,7 @@ use crate::api::{
     Algorithm as SpecAlgorithm, JwtSigningKey, JwtSigningKeyStatus, ROTATE_REQUEST_ANNOTATION,
     ResolvedPolicy,
 };
+use crate::bundle::api::JwksBundle;
 use crate::jwks::JwksError;
 use crate::keys::{Algorithm, KeyGenerator, RsaBits, SystemKeyGenerator};
 use crate::metrics::{Metrics, PolicyGauges};
@@ -68,6 +69,9 @@ const BLOCKED_REQUEUE: Duration = Duration::from_secs(30);
 pub struct Settings {
     /// Namespaces to watch; empty: all namespaces.
     pub namespaces: Vec<String>,
+    /// Run the JwksBundle controller, and let every policy's rotation wait for the
+    /// bundles that publish its keys (needs the JwksBundle CRD).
+    pub bundles: bool,
 }
 
 /// Why a reconcile failed. Messages never contain key material: Secret write errors
@@ -132,6 +136,8 @@ pub struct Context {
     metrics: Metrics,
     policies: Store<JwtSigningKey>,
     config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    /// Every JwksBundle, when bundles are enabled: their targets count as the policy's.
+    bundles: Option<Store<JwksBundle>>,
     generator: Arc<dyn KeyGenerator>,
     /// One lock per JWKS ConfigMap: read-merge-write of a shared ConfigMap by two
     /// policies at once would lose one side's keys.
@@ -321,10 +327,20 @@ pub async fn run(
             namespace,
             metrics.clone(),
             generator.clone(),
+            settings.bundles,
             shutdown.clone(),
         )
     });
-    futures::future::join_all(controllers).await;
+    let policies = futures::future::join_all(controllers);
+    if settings.bundles {
+        futures::future::join(
+            policies,
+            crate::bundle::run(client.clone(), metrics.clone(), shutdown.clone()),
+        )
+        .await;
+    } else {
+        policies.await;
+    }
 }
 
 fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<K>
@@ -371,6 +387,7 @@ pub async fn run_scope(
     namespace: Option<String>,
     metrics: Metrics,
     generator: Arc<dyn KeyGenerator>,
+    bundles: bool,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let namespace = namespace.as_deref();
@@ -425,6 +442,10 @@ pub async fn run_scope(
         .default_backoff()
         .touched_objects();
 
+    let (bundle_reader, bundle_writer) = reflector::store();
+    let bundle_stream =
+        bundles.then(|| crate::bundle::bundle_stream(client.clone(), bundle_writer));
+
     let context = Arc::new(Context {
         reporter: Reporter {
             controller: "keyrotor".to_owned(),
@@ -434,16 +455,24 @@ pub async fn run_scope(
         metrics,
         policies: policy_reader.clone(),
         config_maps: config_map_reader,
+        bundles: bundles.then(|| bundle_reader.clone()),
         generator,
         jwks_locks: Mutex::default(),
         written_status: Mutex::default(),
         failures: Mutex::default(),
     });
 
-    Controller::for_stream(policy_stream, policy_reader)
+    let bundle_policies = policy_reader.clone();
+    let mut controller = Controller::for_stream(policy_stream, policy_reader)
         .owns_stream(secret_stream)
         .watches_stream(config_map_stream, config_map_policies)
-        .reconcile_on(partners_rx)
+        .reconcile_on(partners_rx);
+    if let Some(stream) = bundle_stream {
+        controller = controller.watches_stream(stream, move |bundle| {
+            crate::bundle::selected_policies(&bundle_policies, &bundle)
+        });
+    }
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -724,7 +753,8 @@ async fn reconcile_policy(
     );
 
     if let Some(existing) = &existing_config_map
-        && !render::is_managed(&existing.metadata)
+        && (!render::is_managed(&existing.metadata)
+            || crate::bundle::plan::is_bundle_config_map(&existing.metadata))
     {
         let message = format!(
             "ConfigMap {config_map_name} exists and is not managed by keyrotor; keyrotor will not overwrite it"
@@ -754,13 +784,29 @@ async fn reconcile_policy(
     let target = TargetContent::read(existing_config_map.as_ref(), &resolved.jwks_key);
     let only_member = member_names.len() == 1;
 
-    // Plan.
+    // Plan: the policy's own ConfigMap and every bundle publishing its keys.
+    let mut targets = vec![TargetObservation {
+        name: target_name.clone(),
+        kids: target.kids(),
+        since: BTreeMap::new(),
+    }];
+    if let Some(bundles) = &ctx.bundles {
+        // Until the bundles are known, no key may count as published: look again soon.
+        if bundles.wait_until_ready().now_or_never().is_none() {
+            drop(jwks_guard);
+            return Ok(Action::requeue(Duration::from_millis(500)));
+        }
+        let bundles = bundles.state();
+        targets.extend(crate::bundle::plan::policy_targets(
+            bundles.iter().map(AsRef::as_ref),
+            namespace,
+            name,
+            policy.labels(),
+        ));
+    }
     let observed = Observed {
         ring: stored.clone(),
-        targets: vec![TargetObservation {
-            name: target_name.clone(),
-            kids: target.kids(),
-        }],
+        targets,
         recoverable: target.keys_of(name, only_member),
         status_kids: current
             .iter()

@@ -146,6 +146,7 @@ impl World {
                 .map(|t| TargetObservation {
                     name: t.name.clone(),
                     kids: t.kids(),
+                    since: Default::default(),
                 })
                 .collect(),
             recoverable,
