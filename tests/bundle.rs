@@ -154,7 +154,7 @@ async fn label_namespace(client: &Client, namespace: &str, key: &str, value: Opt
 
 fn policy(name: &str, algorithm: &str, labels: Value, fast: bool) -> JwtSigningKey {
     let schedule = if fast {
-        json!({ "rotationInterval": "10s", "propagationDelay": "4s", "maxTokenLifetime": "2s" })
+        json!({ "rotationInterval": "12s", "propagationDelay": "6s", "maxTokenLifetime": "2s" })
     } else {
         json!({ "rotationInterval": "24h", "propagationDelay": "15m", "maxTokenLifetime": "1h" })
     };
@@ -642,7 +642,28 @@ async fn rotations_wait_for_every_bundle_target() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Join two seconds before api's next scheduled rotation: its Next key has been in
+    // its own ConfigMap for long, but in the bundle's targets only from now on, so the
+    // rotation must wait for the bundle (a planner that ignored the bundle's targets
+    // would rotate about 2 s after they first showed the key).
+    let policies: Api<JwtSigningKey> = Api::namespaced(client.clone(), auth.name());
+    let due = eventually(
+        "api's next rotation time",
+        Duration::from_secs(30),
+        || async {
+            let status = policies.get("api").await.ok()?.status?;
+            let due = status.next_rotation_time?.0.as_second();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()?
+                .as_secs_f64();
+            // At least 3 s ahead, so there is time to wait for the join moment.
+            let ahead = due as f64 - now;
+            (ahead > 3.0).then_some(ahead)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs_f64(due - 2.0)).await;
     apply_bundle(
         &client,
         &bundle(
@@ -656,7 +677,7 @@ async fn rotations_wait_for_every_bundle_target() {
     )
     .await;
     let bundle_created = Instant::now();
-    let delay = Duration::from_secs(4);
+    let delay = Duration::from_secs(6);
 
     // First time each kid was seen in each target, and the first Secret kid seen per
     // policy after the bundle existed.
