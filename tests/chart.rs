@@ -73,6 +73,41 @@ fn managed_grants() -> BTreeSet<Grant> {
         .collect()
 }
 
+/// What the JwksBundle controller adds (cluster-wide only).
+fn bundle_grants() -> BTreeSet<Grant> {
+    let grant = |group: &str, resource: &str, verb: &str| {
+        (
+            group.to_string(),
+            resource.to_string(),
+            None,
+            verb.to_string(),
+        )
+    };
+    let mut out = BTreeSet::new();
+    for verb in ["get", "list", "watch", "patch"] {
+        out.insert(grant("keyrotor.dev", "jwksbundles", verb));
+    }
+    for verb in ["get", "patch"] {
+        out.insert(grant("keyrotor.dev", "jwksbundles/status", verb));
+    }
+    for verb in ["list", "watch"] {
+        out.insert(grant("", "namespaces", verb));
+    }
+    out
+}
+
+#[test]
+fn bundles_can_be_turned_off() {
+    let docs = documents(&render(
+        "keyrotor",
+        "keyrotor-system",
+        &["bundles.enabled=false"],
+    ));
+    assert_eq!(grants(one_of_kind(&docs, "ClusterRole")), managed_grants());
+    let args = strings(&container(&docs)["args"]);
+    assert!(!args.contains(&"--bundles"), "{args:?}");
+}
+
 fn leader_grants() -> BTreeSet<Grant> {
     let lease = |name: Option<&str>, verb: &str| {
         (
@@ -174,7 +209,9 @@ fn default_render_is_cluster_wide_least_privilege_and_hardened() {
     no_wildcards(&docs);
 
     let cluster_role = one_of_kind(&docs, "ClusterRole");
-    assert_eq!(grants(cluster_role), managed_grants());
+    let mut expected = managed_grants();
+    expected.extend(bundle_grants());
+    assert_eq!(grants(cluster_role), expected);
     let binding = one_of_kind(&docs, "ClusterRoleBinding");
     assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
     assert_eq!(binding["subjects"][0]["name"], "keyrotor");
@@ -211,6 +248,7 @@ fn default_render_is_cluster_wide_least_privilege_and_hardened() {
     }
     let args = strings(&container["args"]);
     assert_eq!(args[0], "run");
+    assert!(args.contains(&"--bundles"), "{args:?}");
     assert!(args.contains(&"--leader-elect"), "{args:?}");
     assert!(args.contains(&"--lease-name=keyrotor-leader"), "{args:?}");
     assert!(
@@ -250,6 +288,9 @@ fn watched_namespaces_get_roles_and_nothing_cluster_wide() {
     no_wildcards(&docs);
     assert!(of_kind(&docs, "ClusterRole").is_empty());
     assert!(of_kind(&docs, "ClusterRoleBinding").is_empty());
+    // Bundles need cluster-wide rights: off with watched namespaces.
+    let args = strings(&container(&docs)["args"]);
+    assert!(!args.contains(&"--bundles"), "{args:?}");
 
     let roles = of_kind(&docs, "Role");
     let by_namespace = |ns: &str| {

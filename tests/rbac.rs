@@ -77,8 +77,9 @@ async fn assert_manages(client: &Client, ns: &str) {
     }
 }
 
-/// What no install grants, whatever the namespace.
-async fn assert_never(client: &Client, ns: &str) {
+/// What no install grants, whatever the namespace. Listing Namespaces is granted only
+/// to the JwksBundle controller (`bundles`: a cluster-wide install).
+async fn assert_never(client: &Client, ns: &str, bundles: bool) {
     for (verb, group, resource) in [
         ("update", "", "secrets"),
         ("deletecollection", "", "secrets"),
@@ -102,9 +103,19 @@ async fn assert_never(client: &Client, ns: &str) {
             "allowed {verb} {group}/{resource} in {ns}"
         );
     }
+    assert_eq!(
+        can(client, "list", "", "namespaces", None, None).await,
+        bundles,
+        "list namespaces cluster-wide"
+    );
     for (verb, group, resource) in [
-        ("list", "", "namespaces"),
+        ("create", "", "namespaces"),
+        ("delete", "", "namespaces"),
+        ("patch", "", "namespaces"),
         ("list", "", "nodes"),
+        ("create", "keyrotor.dev", "jwksbundles"),
+        ("delete", "keyrotor.dev", "jwksbundles"),
+        ("update", "keyrotor.dev", "jwksbundles"),
         ("create", "rbac.authorization.k8s.io", "clusterrolebindings"),
         (
             "create",
@@ -152,7 +163,7 @@ async fn watched_namespaces_install_is_confined_to_its_namespaces() {
     let operator = support::client_with_token(&rbac.token).await;
 
     assert_manages(&operator, watched.name()).await;
-    assert_never(&operator, watched.name()).await;
+    assert_never(&operator, watched.name(), false).await;
     assert_lease_rights(&operator, release_ns.name(), watched.name()).await;
 
     // Outside its namespaces: nothing on secrets, configmaps or policies.
@@ -238,8 +249,24 @@ async fn cluster_wide_install_reads_everywhere_but_grants_nothing_more() {
         .await
     );
     assert_manages(&operator, other.name()).await;
-    assert_never(&operator, other.name()).await;
+    assert_never(&operator, other.name(), true).await;
     assert_lease_rights(&operator, release_ns.name(), other.name()).await;
+    // The JwksBundle controller: bundles, their status and finalizer, and Namespaces.
+    for verb in ["list", "watch", "patch"] {
+        assert!(can(&operator, verb, "keyrotor.dev", "jwksbundles", None, None).await);
+    }
+    assert!(
+        can(
+            &operator,
+            "patch",
+            "keyrotor.dev",
+            "jwksbundles/status",
+            None,
+            None
+        )
+        .await
+    );
+    assert!(can(&operator, "watch", "", "namespaces", None, None).await);
 
     Api::<Secret>::all(operator.clone())
         .list(&ListParams::default().limit(1))

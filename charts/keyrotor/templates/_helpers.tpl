@@ -58,3 +58,29 @@ ClusterRole (all namespaces) and in each per-namespace Role (watchNamespaces).
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/*
+Whether the JwksBundle controller runs: bundles.enabled, and only cluster-wide (a
+bundle publishes into namespaces picked at run time by label, which needs rights in
+every namespace; with watchNamespaces the chart grants nothing cluster-wide).
+*/}}
+{{- define "keyrotor.bundles" -}}
+{{- if and .Values.bundles.enabled (not .Values.watchNamespaces) }}true{{ end }}
+{{- end }}
+
+{{/*
+The rules the JwksBundle controller adds to the ClusterRole: the bundles themselves
+(patch: the cleanup finalizer), their status, and the Namespaces it publishes into.
+ConfigMaps in every namespace are already granted by the managed rules.
+*/}}
+{{- define "keyrotor.bundleRules" -}}
+- apiGroups: ["keyrotor.dev"]
+  resources: ["jwksbundles"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["keyrotor.dev"]
+  resources: ["jwksbundles/status"]
+  verbs: ["get", "patch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
