@@ -766,3 +766,23 @@ async fn rotations_wait_for_every_bundle_target() {
     delete_bundle(&client, &bundle_name).await;
     operator.assert_log_clean();
 }
+
+/// `examples/bundle.yaml` is a valid bundle whose static keys are public JWKs keyrotor
+/// accepts (no control plane needed).
+#[test]
+fn example_bundle_parses_and_its_static_keys_are_accepted() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bundle.yaml"))
+            .expect("examples/bundle.yaml");
+    let example: JwksBundle = serde_yaml_ng::from_str(&text).expect("a JwksBundle");
+    assert_eq!(example.spec.target.config_map.key, "jwks.json");
+    let statics: Vec<&String> = example
+        .spec
+        .sources
+        .iter()
+        .filter_map(|s| s.static_keys.as_ref())
+        .collect();
+    assert_eq!(statics.len(), 1);
+    let keys = keyrotor::bundle::plan::parse_static_keys(statics[0]).expect("valid static keys");
+    assert_eq!(keys.len(), 1);
+}
