@@ -786,3 +786,68 @@ fn example_bundle_parses_and_its_static_keys_are_accepted() {
     let keys = keyrotor::bundle::plan::parse_static_keys(statics[0]).expect("valid static keys");
     assert_eq!(keys.len(), 1);
 }
+
+/// The schema refuses malformed bundles with a message naming the rule.
+#[tokio::test]
+async fn schema_refuses_malformed_bundles() {
+    let client = support::client().await;
+    install_crd(&client, JwksBundle::crd()).await;
+    let api: Api<JwksBundle> = Api::all(client.clone());
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let selector = json!({ "matchLabels": { "a": "b" } });
+    let cases = [
+        (
+            "both",
+            json!([{ "namespace": "auth", "name": "a", "selector": selector }]),
+            "exactly one of name",
+        ),
+        (
+            "none",
+            json!([{ "namespace": "auth" }]),
+            "exactly one of name",
+        ),
+        (
+            "no-namespace",
+            json!([{ "name": "a" }]),
+            "also sets its namespace",
+        ),
+        (
+            "static-ns",
+            json!([{ "namespace": "auth", "staticKeys": "{\"keys\":[]}" }]),
+            "staticKeys take no namespace",
+        ),
+        ("empty", json!([]), "spec.sources"),
+    ];
+    for (name, sources, message) in cases {
+        let bundle = bundle(&format!("invalid-{name}"), sources, "x");
+        let err = api
+            .create(&dry_run, &bundle)
+            .await
+            .expect_err(&format!("bundle {name} must be refused"));
+        assert!(err.to_string().contains(message), "{name}: {err}");
+    }
+    let long = bundle(
+        &"b".repeat(64),
+        json!([{ "namespace": "auth", "name": "a" }]),
+        "x",
+    );
+    let err = api
+        .create(&dry_run, &long)
+        .await
+        .expect_err("name too long");
+    assert!(err.to_string().contains("at most 63 characters"), "{err}");
+    let fine = bundle(
+        "valid-bundle",
+        json!([
+            { "namespace": "auth", "name": "a" },
+            { "selector": selector },
+            { "namespace": "auth", "selector": selector },
+            { "staticKeys": "{\"keys\":[]}" },
+        ]),
+        "x",
+    );
+    api.create(&dry_run, &fine).await.expect("a valid bundle");
+}

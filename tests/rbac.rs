@@ -582,3 +582,92 @@ async fn readyz_fails_until_the_first_successful_watch() {
     })
     .await;
 }
+
+/// The JwksBundle controller publishes, follows a namespace label and cleans up with
+/// nothing but the cluster-wide chart's RBAC.
+#[tokio::test]
+async fn bundles_work_with_only_the_charts_rbac() {
+    use kube::api::{Patch, PatchParams};
+    let admin = support::client().await;
+    chart_support::install_crds();
+    let release_ns = TestNamespace::new(&admin, "rbac-bundle").await;
+    let source = TestNamespace::new(&admin, "rbac-bundle-src").await;
+    let target = TestNamespace::new(&admin, "rbac-bundle-dst").await;
+    let release = format!("kr-{}", release_ns.name());
+    let rbac = install_rbac(&release, release_ns.name(), &[]).await;
+    let kubeconfig = chart_support::token_kubeconfig(&rbac.token, &format!("{release}.kubeconfig"));
+    let operator = chart_support::OperatorProcess::start(
+        &kubeconfig,
+        &format!("{release}-op"),
+        &["--bundles", &format!("--namespace={}", source.name())],
+    );
+    support::eventually("/readyz to pass", Duration::from_secs(30), || async {
+        matches!(operator.get("/readyz").await, Some((200, _))).then_some(())
+    })
+    .await;
+    chart_support::apply_policy(
+        source.name(),
+        "api-tokens",
+        serde_json::json!({ "algorithm": "ES256" }),
+    );
+    let label = format!("rbac-{}", release_ns.name());
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .patch(
+            target.name(),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": { "labels": { "keyrotor.dev/jwks": label } }
+            })),
+        )
+        .await
+        .expect("labelling the target namespace");
+    let bundles = Api::<keyrotor::bundle::api::JwksBundle>::all(admin.clone());
+    let bundle: keyrotor::bundle::api::JwksBundle = serde_json::from_value(serde_json::json!({
+        "apiVersion": "keyrotor.dev/v1alpha1",
+        "kind": "JwksBundle",
+        "metadata": { "name": release },
+        "spec": {
+            "sources": [{ "namespace": source.name(), "name": "api-tokens" }],
+            "target": {
+                "configMap": { "name": "platform-jwks" },
+                "namespaceSelector": { "matchLabels": { "keyrotor.dev/jwks": label } },
+            },
+        },
+    }))
+    .expect("a JwksBundle");
+    bundles
+        .create(&PostParams::default(), &bundle)
+        .await
+        .expect("creating the bundle");
+    let config_maps = Api::<ConfigMap>::namespaced(admin.clone(), target.name());
+    support::eventually(
+        "the bundle ConfigMap with both keys",
+        Duration::from_secs(60),
+        || async {
+            let config_map = config_maps.get_opt("platform-jwks").await.ok()??;
+            let text = config_map.data?.get("jwks.json")?.clone();
+            let jwks: Value = serde_json::from_str(&text).ok()?;
+            (jwks["keys"].as_array()?.len() == 2).then_some(())
+        },
+    )
+    .await;
+    bundles
+        .delete(&release, &DeleteParams::default())
+        .await
+        .expect("deleting the bundle");
+    support::eventually(
+        "the bundle and its ConfigMap to go",
+        Duration::from_secs(30),
+        || async {
+            let gone = matches!(bundles.get_opt(&release).await, Ok(None));
+            let cleaned = matches!(config_maps.get_opt("platform-jwks").await, Ok(None));
+            (gone && cleaned).then_some(())
+        },
+    )
+    .await;
+    let log = operator.logs();
+    assert!(
+        !log.contains("Forbidden") && !log.contains("forbidden"),
+        "a request was forbidden:\n{log}"
+    );
+}
