@@ -286,7 +286,7 @@ mod tests {
         let checked_in = include_str!("../crds/jwksbundle.yaml");
         assert!(
             generated == checked_in,
-            "crds/jwksbundle.yaml is out of date: run `make crds`"
+            "crds/jwksbundle.yaml is out of date: run `cargo run -q -- crd jwksbundle > crds/jwksbundle.yaml` and copy it to charts/keyrotor/crds/"
         );
     }
 }
