@@ -437,7 +437,9 @@ impl<'a> Replay<'a> {
                         .map(|a| secs(a, at)),
                 });
             }
-            self.consume_requests(facts.as_ref().and_then(|f| f.activated_at).unwrap_or(at));
+            // An exceptional activation answers no request: the operator may have
+            // planned it before it saw one made meanwhile, and honour that one next.
+            self.note_requests(facts.as_ref().and_then(|f| f.activated_at).unwrap_or(at));
             self.last_activation = facts.and_then(|f| f.activated_at).or(Some(at));
             return;
         }
@@ -552,6 +554,17 @@ impl<'a> Replay<'a> {
     /// rotation answers it. Two values set before the operator saw the first may be
     /// honoured one after the other: each value allows one rotation.
     fn consume_requests(&mut self, at: Time) -> bool {
+        self.note_requests(at);
+        if self.requested_values.len() > self.requested_rotations {
+            self.requested_rotations += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes in the rotate requests the harness sent before `at`.
+    fn note_requests(&mut self, at: Time) {
         while let Some(action) = self.actions.get(self.next_request) {
             if secs(action.at, at) < 0.0 {
                 break;
@@ -562,12 +575,6 @@ impl<'a> Replay<'a> {
                 self.requested_values.insert(value.clone());
             }
             self.next_request += 1;
-        }
-        if self.requested_values.len() > self.requested_rotations {
-            self.requested_rotations += 1;
-            true
-        } else {
-            false
         }
     }
 
