@@ -85,6 +85,11 @@ struct RunArgs {
     /// that publish their keys.
     #[arg(long, env = "KEYROTOR_BUNDLES")]
     bundles: bool,
+
+    /// Reconciles in flight at once (0: unbounded). Each reconcile makes its API
+    /// requests one after another, so this also bounds keyrotor's requests in flight.
+    #[arg(long, default_value_t = controller::DEFAULT_CONCURRENCY, env = "KEYROTOR_CONCURRENCY")]
+    concurrency: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -206,6 +211,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let settings = Settings {
         namespaces: args.namespaces.clone(),
         bundles: args.bundles,
+        concurrency: args.concurrency,
     };
     let leadership = elector.as_ref().map(|e| e.subscribe());
     let operator =

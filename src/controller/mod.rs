@@ -20,6 +20,7 @@
 
 pub mod render;
 pub mod status;
+pub mod triggers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -55,6 +56,7 @@ use crate::ring::KeyState;
 use crate::secret;
 use render::{FIELD_MANAGER, MANAGED_SELECTOR, TargetContent};
 use status::{Repair, StatusInput, Verdicts};
+use triggers::{OwnWrites, PolicyTriggers};
 
 /// Shortest and longest requeue: never spin, never sleep past an hour (a safety net
 /// against a missed watch event; a wake-up with nothing due writes nothing).
@@ -64,14 +66,31 @@ const MAX_REQUEUE: Duration = Duration::from_secs(3600);
 /// must not touch.
 const BLOCKED_REQUEUE: Duration = Duration::from_secs(30);
 
-/// What the operator watches.
-#[derive(Clone, Debug, Default)]
+/// Reconciles in flight at once, by default: enough to keep the API server busy
+/// (each reconcile waits on a few round trips in a row), few enough that a burst of
+/// policies queues in the controller instead of in the API server.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+
+/// What the operator watches, and how hard it may push the API server.
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Namespaces to watch; empty: all namespaces.
     pub namespaces: Vec<String>,
     /// Run the JwksBundle controller, and let every policy's rotation wait for the
     /// bundles that publish its keys (needs the JwksBundle CRD).
     pub bundles: bool,
+    /// Reconciles in flight at once per controller (0: unbounded).
+    pub concurrency: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            namespaces: Vec::new(),
+            bundles: false,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
 }
 
 /// Why a reconcile failed. Messages never contain key material: Secret write errors
@@ -142,8 +161,12 @@ pub struct Context {
     /// One lock per JWKS ConfigMap: read-merge-write of a shared ConfigMap by two
     /// policies at once would lose one side's keys.
     jwks_locks: Mutex<HashMap<PolicyKey, Arc<tokio::sync::Mutex<()>>>>,
-    written_status: Mutex<HashMap<PolicyKey, WrittenStatus>>,
+    /// Shared with the policy stream, which drops the watch events of these writes.
+    written_status: Arc<Mutex<HashMap<PolicyKey, WrittenStatus>>>,
     failures: Mutex<HashMap<PolicyKey, u32>>,
+    /// keyrotor's own last writes, whose watch events trigger nothing.
+    own_secrets: Arc<OwnWrites>,
+    own_config_maps: Arc<OwnWrites>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -186,6 +209,16 @@ impl Context {
             .iter()
             .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
             .filter(|p| p.metadata.deletion_timestamp.is_none())
+            // Cheap test first: resolving every policy of the namespace for every
+            // reconcile would make a burst of N policies cost N² resolves.
+            .filter(|p| match &p.spec.jwks.config_map_name {
+                Some(target) => target == config_map,
+                None => p
+                    .metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|name| config_map.strip_suffix("-jwks") == Some(name)),
+            })
             .filter_map(|p| {
                 let name = p.metadata.name.clone()?;
                 let resolved = p.spec.resolve(&name).ok()?;
@@ -236,20 +269,14 @@ impl Context {
         )
         .await?;
         self.metrics.api_write("status");
-        let mut written = lock(&self.written_status);
-        written.insert(
+        // Deleted policies are forgotten by the policy stream.
+        lock(&self.written_status).insert(
             key.clone(),
             WrittenStatus {
                 based_on: policy.metadata.resource_version.clone(),
                 status,
             },
         );
-        // Forget deleted policies.
-        written.retain(|(namespace, name), _| {
-            self.policies
-                .get(&ObjectRef::new(name).within(namespace))
-                .is_some()
-        });
         Ok(())
     }
 }
@@ -325,6 +352,7 @@ pub async fn run(
         run_scope(
             client.clone(),
             namespace,
+            settings.concurrency,
             metrics.clone(),
             generator.clone(),
             settings.bundles,
@@ -385,6 +413,7 @@ fn config_map_policies(config_map: PartialObjectMeta<ConfigMap>) -> Vec<ObjectRe
 pub async fn run_scope(
     client: Client,
     namespace: Option<String>,
+    concurrency: u16,
     metrics: Metrics,
     generator: Arc<dyn KeyGenerator>,
     bundles: bool,
@@ -402,9 +431,16 @@ pub async fn run_scope(
     // A deleted policy's ConfigMap partners must render without it.
     let (partners_tx, partners_rx) = mpsc::unbounded::<ObjectRef<JwtSigningKey>>();
 
+    let written_status: Arc<Mutex<HashMap<PolicyKey, WrittenStatus>>> = Arc::default();
+    let own_secrets: Arc<OwnWrites> = Arc::default();
+    let own_config_maps: Arc<OwnWrites> = Arc::default();
+    let mut policy_triggers = PolicyTriggers::default();
+    let trigger_status = written_status.clone();
+
     let ready_metrics = metrics.clone();
     let gauge_metrics = metrics.clone();
     let partner_store = policy_reader.clone();
+    let forget_status = written_status.clone();
     let policy_stream = watcher(policies, watcher::Config::default())
         .default_backoff()
         .modify(|policy| policy.managed_fields_mut().clear())
@@ -416,6 +452,7 @@ pub async fn run_scope(
                     return;
                 };
                 gauge_metrics.remove_policy(&ns, &name);
+                lock(&forget_status).remove(&(ns.clone(), name.clone()));
                 let Ok(resolved) = gone.spec.resolve(&name) else {
                     return;
                 };
@@ -432,14 +469,31 @@ pub async fn run_scope(
             }
             _ => {}
         })
+        .filter(move |event| {
+            let wanted = match event {
+                Ok(event) => policy_triggers.wants(event, |key| {
+                    lock(&trigger_status).get(key).map(|w| w.status.clone())
+                }),
+                Err(_) => true,
+            };
+            futures::future::ready(wanted)
+        })
         .applied_objects();
+    let config_map_filter = own_config_maps.clone();
     let config_map_stream = watcher(config_maps, managed.clone())
         .default_backoff()
         .modify(|config_map| config_map.managed_fields_mut().clear())
         .reflect(config_map_writer)
+        .filter(move |event| {
+            futures::future::ready(event.as_ref().map_or(true, |e| config_map_filter.wants(e)))
+        })
         .touched_objects();
+    let secret_filter = own_secrets.clone();
     let secret_stream = watcher(secrets, managed)
         .default_backoff()
+        .filter(move |event| {
+            futures::future::ready(event.as_ref().map_or(true, |e| secret_filter.wants(e)))
+        })
         .touched_objects();
 
     let (bundle_reader, bundle_writer) = reflector::store();
@@ -458,12 +512,16 @@ pub async fn run_scope(
         bundles: bundles.then(|| bundle_reader.clone()),
         generator,
         jwks_locks: Mutex::default(),
-        written_status: Mutex::default(),
+        written_status,
         failures: Mutex::default(),
+        own_secrets,
+        own_config_maps,
     });
 
     let bundle_policies = policy_reader.clone();
+    let config = kube::runtime::controller::Config::default().concurrency(concurrency);
     let mut controller = Controller::for_stream(policy_stream, policy_reader)
+        .with_config(config)
         .owns_stream(secret_stream)
         .watches_stream(config_map_stream, config_map_policies)
         .reconcile_on(partners_rx);
@@ -815,10 +873,13 @@ async fn reconcile_policy(
     };
     let planner_policy = core_policy(resolved, policy, namespace, name);
     let generator = ctx.generator.clone();
-    let planned = tokio::task::spawn_blocking(move || {
-        plan::step_when_ready(&planner_policy, &observed, &Utc::now, generator.as_ref())
-    })
-    .await?;
+    let planned = {
+        let (planner_policy, observed) = (planner_policy.clone(), observed.clone());
+        tokio::task::spawn_blocking(move || {
+            plan::step_when_ready(&planner_policy, &observed, &Utc::now, generator.as_ref())
+        })
+        .await?
+    };
     let mut plan = match planned {
         Ok(plan) => plan,
         Err(StepError::Plan(PlanError::NewerRing(e))) => {
@@ -844,6 +905,10 @@ async fn reconcile_policy(
         Err(e) => return Err(e.into()),
     };
 
+    // What the Events announce: this plan's transitions, and those of the plan made
+    // after our own JWKS write (below).
+    let mut announced = plan.transitions.clone();
+
     // Policies sharing a ConfigMap must agree on the data key; the first by name decides.
     let shared_key = members
         .values()
@@ -861,56 +926,44 @@ async fn reconcile_policy(
         ));
     }
 
-    // Apply: the Secret first, it is the truth.
-    let data = secret::secret_data(&plan.ring, resolved.certificate)?;
-    let desired_secret = render::secret(policy, &resolved.secret_name, resolved.certificate, data);
-    let secret_current = existing_secret
-        .as_ref()
-        .is_some_and(|existing| render::secret_is_current(existing, &desired_secret));
-    if !secret_current && activates(&plan) {
-        // A key may sign only while it is in the JWKS. Planning (key generation) takes
-        // time; a hand edit of the ConfigMap meanwhile must be seen before the switch.
-        let fresh = config_maps.get_opt(config_map_name).await?;
-        let version =
-            |c: &Option<ConfigMap>| c.as_ref().and_then(|c| c.metadata.resource_version.clone());
-        if version(&fresh) != version(&existing_config_map) {
-            debug!(policy = %name, configmap = %config_map_name, "JWKS changed while planning; planning again");
-            return Ok(Action::requeue(Duration::ZERO));
-        }
-    }
-    if !secret_current {
-        let read_version = existing_secret
-            .as_ref()
-            .and_then(|s| s.metadata.resource_version.clone());
-        let written = write_guarded(
-            &secrets,
-            &resolved.secret_name,
-            read_version,
-            desired_secret,
-        )
-        .await
-        .map_err(|e| secret_write_error(&resolved.secret_name, e))?;
-        ctx.metrics.api_write("secret");
-        debug!(policy = %name, secret = %resolved.secret_name, "Secret written");
-        let landed = Utc::now();
-        if activates(&plan) && landed - plan.planned_at > LANDING_SLACK {
-            // The write was held up: signers saw the rotation only now, so the retired
-            // key's retention and the new key's turn count from now.
-            plan = plan.landed_at(landed);
-            let data = secret::secret_data(&plan.ring, resolved.certificate)?;
-            let restamped =
-                render::secret(policy, &resolved.secret_name, resolved.certificate, data);
-            write_guarded(
-                &secrets,
-                &resolved.secret_name,
-                written.metadata.resource_version,
-                restamped,
+    // A policy's very first keys are published before the Secret is written: nothing
+    // signs yet, so the JWKS can go first, and the Secret is then written once, with
+    // the keys already observed in the JWKS. (If that Secret write fails, the next
+    // reconcile finds those public keys and rebuilds the ring around them: nothing
+    // published is dropped.) Every later change writes the Secret first: it is the
+    // truth.
+    let first_ring = matches!(stored, StoredRing::Missing)
+        && plan.transitions.iter().any(|t| {
+            matches!(
+                t,
+                Transition::Activated {
+                    exception: Some(crate::ring::ActivationException::FirstKey),
+                    ..
+                }
             )
-            .await
-            .map_err(|e| secret_write_error(&resolved.secret_name, e))?;
-            ctx.metrics.api_write("secret");
-            debug!(policy = %name, secret = %resolved.secret_name, "Secret restamped after a slow write");
-        }
+        });
+    let mut secret_now = existing_secret;
+    if !first_ring {
+        let jwks_read = existing_config_map
+            .as_ref()
+            .and_then(|c| c.metadata.resource_version.clone());
+        let activation = activates(&plan);
+        let Some(applied) = apply_secret(
+            ctx,
+            &secrets,
+            &config_maps,
+            policy,
+            resolved,
+            plan,
+            secret_now,
+            activation,
+            activation.then_some(jwks_read),
+        )
+        .await?
+        else {
+            return Ok(Action::requeue(Duration::ZERO));
+        };
+        (plan, secret_now) = applied;
     }
 
     // Apply: the JWKS ConfigMap.
@@ -942,6 +995,7 @@ async fn reconcile_policy(
             });
         }
     }
+    let mut written_map = None;
     if problems.is_empty() {
         match render::merge_target(name, &plan.publish, &target, &member_names) {
             Ok(merged) => {
@@ -961,9 +1015,13 @@ async fn reconcile_policy(
                     let read_version = existing_config_map
                         .as_ref()
                         .and_then(|c| c.metadata.resource_version.clone());
-                    write_guarded(&config_maps, config_map_name, read_version, desired).await?;
+                    let written =
+                        write_guarded(&config_maps, config_map_name, read_version, desired)
+                            .await?;
                     ctx.metrics.api_write("configmap");
+                    ctx.own_config_maps.record(&written.metadata);
                     debug!(policy = %name, configmap = %config_map_name, "JWKS written");
+                    written_map = Some(written);
                 }
             }
             Err(JwksError::TooLarge { keys, size, limit }) => problems.push((
@@ -973,6 +1031,59 @@ async fn reconcile_policy(
                 ),
             )),
             Err(e) => return Err(e.into()),
+        }
+    }
+
+    // Observe: the API server's answer to our JWKS write is an observation of the
+    // ConfigMap like any read, made when it arrived. Keys it shows are published from
+    // then on, so a new key's pre-publication starts at once, without waiting for the
+    // write's watch event and another reconcile.
+    if let Some(written) = &written_map {
+        let seen_at = Utc::now();
+        let seen = TargetContent::read(Some(written), &resolved.jwks_key);
+        let mut observed = observed;
+        // The first key signs from when its Secret lands, not from when it was planned.
+        let base = if first_ring {
+            plan.clone().landed_at(seen_at)
+        } else {
+            plan.clone()
+        };
+        observed.ring = StoredRing::Present(base.ring.clone());
+        for observation in &mut observed.targets {
+            if observation.name == target_name {
+                observation.kids = seen.kids();
+            }
+        }
+        let replanned = plan::plan(&planner_policy, &observed, seen_at).map_err(StepError::from)?;
+        if replanned.key_requests.is_empty() && replanned.ring != plan.ring {
+            // The first keys were created and published together: their creation
+            // Events say so, a KeyPublished per key would add nothing.
+            announced.extend(
+                replanned
+                    .transitions
+                    .iter()
+                    .filter(|t| !(first_ring && matches!(t, Transition::Published { .. })))
+                    .cloned(),
+            );
+            plan = replanned;
+        }
+    }
+    if first_ring || written_map.is_some() {
+        // The JWKS was just written and observed: no re-read before the first key.
+        if let Some(applied) = apply_secret(
+            ctx,
+            &secrets,
+            &config_maps,
+            policy,
+            resolved,
+            plan.clone(),
+            secret_now,
+            first_ring,
+            None,
+        )
+        .await?
+        {
+            (plan, _) = applied;
         }
     }
     drop(jwks_guard);
@@ -1012,8 +1123,7 @@ async fn reconcile_policy(
 
     // Report: Events go out together, so a busy API server delays the next reconcile
     // by one round trip, not one per Event.
-    let announcements = plan
-        .transitions
+    let announcements = announced
         .iter()
         .map(|transition| announce(ctx, policy, namespace, name, transition));
     let repaired = repairs.iter().map(|repair| {
@@ -1059,6 +1169,73 @@ async fn reconcile_policy(
     Ok(requeue_at(wake, Utc::now()))
 }
 
+/// Writes the Secret for `plan` unless `existing` already holds it; returns the plan
+/// as written (restamped after a slow write of an activation) and the Secret as it now
+/// is. `activation`: the Secret makes a key sign. `jwks_read`: the JWKS version the
+/// plan was made on; it is read again first, and `None` returned if it changed
+/// meanwhile (plan again).
+#[allow(clippy::too_many_arguments)]
+async fn apply_secret(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    config_maps: &Api<ConfigMap>,
+    policy: &JwtSigningKey,
+    resolved: &ResolvedPolicy,
+    mut plan: Plan,
+    existing: Option<Secret>,
+    activation: bool,
+    jwks_read: Option<Option<String>>,
+) -> Result<Option<(Plan, Option<Secret>)>, Error> {
+    let name = policy.name_any();
+    let data = secret::secret_data(&plan.ring, resolved.certificate)?;
+    let desired = render::secret(policy, &resolved.secret_name, resolved.certificate, data);
+    if existing
+        .as_ref()
+        .is_some_and(|existing| render::secret_is_current(existing, &desired))
+    {
+        return Ok(Some((plan, existing)));
+    }
+    let config_map_name = resolved.config_map_name.as_str();
+    if let Some(read) = &jwks_read {
+        // A key may sign only while it is in the JWKS. Planning (key generation) takes
+        // time; a hand edit of the ConfigMap meanwhile must be seen before the switch.
+        let fresh = config_maps.get_opt(config_map_name).await?;
+        if fresh.and_then(|c| c.metadata.resource_version) != *read {
+            debug!(policy = %name, configmap = %config_map_name, "JWKS changed while planning; planning again");
+            return Ok(None);
+        }
+    }
+    let read_version = existing
+        .as_ref()
+        .and_then(|s| s.metadata.resource_version.clone());
+    let mut written = write_guarded(secrets, &resolved.secret_name, read_version, desired)
+        .await
+        .map_err(|e| secret_write_error(&resolved.secret_name, e))?;
+    ctx.metrics.api_write("secret");
+    ctx.own_secrets.record(&written.metadata);
+    debug!(policy = %name, secret = %resolved.secret_name, "Secret written");
+    let landed = Utc::now();
+    if activation && landed - plan.planned_at > LANDING_SLACK {
+        // The write was held up: signers saw the rotation only now, so the retired
+        // key's retention and the new key's turn count from now.
+        plan = plan.landed_at(landed);
+        let data = secret::secret_data(&plan.ring, resolved.certificate)?;
+        let restamped = render::secret(policy, &resolved.secret_name, resolved.certificate, data);
+        written = write_guarded(
+            secrets,
+            &resolved.secret_name,
+            written.metadata.resource_version.clone(),
+            restamped,
+        )
+        .await
+        .map_err(|e| secret_write_error(&resolved.secret_name, e))?;
+        ctx.metrics.api_write("secret");
+        ctx.own_secrets.record(&written.metadata);
+        debug!(policy = %name, secret = %resolved.secret_name, "Secret restamped after a slow write");
+    }
+    Ok(Some((plan, Some(written))))
+}
+
 /// Removes this policy from JWKS ConfigMaps it no longer names (after a change of
 /// `spec.jwks.configMapName`); deletes those left with no policy.
 async fn leave_old_targets(
@@ -1075,8 +1252,7 @@ async fn leave_old_targets(
         .filter(|cm| cm.metadata.namespace.as_deref() == Some(namespace))
         .filter(|cm| cm.metadata.name.as_deref() != Some(current_target))
         .filter(|cm| {
-            render::is_owned_by(&cm.metadata, uid)
-                || render::read_sources(&cm.metadata).is_some_and(|s| s.contains_key(name))
+            render::is_owned_by(&cm.metadata, uid) || render::names_source(&cm.metadata, name)
         })
         .filter_map(|cm| cm.metadata.name.clone())
         .collect();
@@ -1116,7 +1292,7 @@ async fn leave_old_targets(
         let mut desired = render::config_map(namespace, &old, &jwks_key, &merged, owners);
         if !render::config_map_is_current(&existing, &desired) {
             desired.metadata.resource_version = existing.metadata.resource_version.clone();
-            config_maps
+            let written = config_maps
                 .patch(
                     &old,
                     &PatchParams::apply(FIELD_MANAGER).force(),
@@ -1124,6 +1300,7 @@ async fn leave_old_targets(
                 )
                 .await?;
             ctx.metrics.api_write("configmap");
+            ctx.own_config_maps.record(&written.metadata);
             info!(policy = %name, configmap = %old, "removed this policy's keys from a JWKS ConfigMap it left");
         }
     }

@@ -226,6 +226,17 @@ impl TargetContent {
     }
 }
 
+/// Whether the sources annotation names the policy `source`. A plain substring test
+/// rules out most ConfigMaps before the annotation is parsed.
+pub fn names_source(meta: &ObjectMeta, source: &str) -> bool {
+    let quoted = format!("\"{source}\"");
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(SOURCES_ANNOTATION))
+        .is_some_and(|text| text.contains(&quoted))
+        && read_sources(meta).is_some_and(|s| s.contains_key(source))
+}
+
 /// Parses the sources annotation.
 pub fn read_sources(meta: &ObjectMeta) -> Option<BTreeMap<String, Vec<String>>> {
     let text = meta.annotations.as_ref()?.get(SOURCES_ANNOTATION)?;
