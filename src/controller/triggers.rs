@@ -3,8 +3,8 @@
 //! Every write keyrotor makes comes back to it as a watch event. Reconciling on those
 //! finds nothing to do and costs two reads per event, so they are dropped here:
 //!
-//! - a Secret or ConfigMap event whose `resourceVersion` is the one keyrotor's own last
-//!   write of that object returned ([`OwnWrites`]); deletions always pass;
+//! - a Secret or ConfigMap event whose `resourceVersion` one of keyrotor's own latest
+//!   writes of that object returned ([`OwnWrites`]); deletions always pass;
 //! - a policy event that changes neither what the reconcile reads from the policy
 //!   (uid, generation, the rotate-request annotation, labels, deletion) nor its status,
 //!   unless the status differs from the one keyrotor last wrote (a wiped or hand-edited
@@ -37,27 +37,38 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The `resourceVersion` each of keyrotor's own last writes returned, per object of one
+/// How many of keyrotor's latest writes of one object are remembered: a reconcile may
+/// write an object twice, and the first write's event can arrive after the second.
+const REMEMBERED_WRITES: usize = 3;
+
+/// The `resourceVersion`s keyrotor's own latest writes returned, per object of one
 /// kind.
 #[derive(Debug, Default)]
 pub struct OwnWrites {
-    versions: Mutex<HashMap<Key, String>>,
+    versions: Mutex<HashMap<Key, Vec<String>>>,
 }
 
 impl OwnWrites {
     /// Records the object as the API server returned it from keyrotor's write.
     pub fn record(&self, meta: &ObjectMeta) {
         if let (Some(key), Some(version)) = (key(meta), meta.resource_version.clone()) {
-            lock(&self.versions).insert(key, version);
+            let mut versions = lock(&self.versions);
+            let latest = versions.entry(key).or_default();
+            if latest.len() >= REMEMBERED_WRITES {
+                latest.remove(0);
+            }
+            latest.push(version);
         }
     }
 
-    /// Whether this is exactly the version keyrotor's last write produced.
+    /// Whether this is exactly a version one of keyrotor's latest writes produced.
     pub fn is_own(&self, meta: &ObjectMeta) -> bool {
         let (Some(key), Some(version)) = (key(meta), meta.resource_version.as_ref()) else {
             return false;
         };
-        lock(&self.versions).get(&key) == Some(version)
+        lock(&self.versions)
+            .get(&key)
+            .is_some_and(|latest| latest.contains(version))
     }
 
     fn forget(&self, meta: &ObjectMeta) {
@@ -196,6 +207,12 @@ mod tests {
         assert!(
             own.wants(&Event::Apply(secret("12"))),
             "someone else's write"
+        );
+        own.record(&meta("s", "13"));
+        own.record(&meta("s", "14"));
+        assert!(
+            !own.wants(&Event::Apply(secret("13"))),
+            "an earlier write of ours, arriving late"
         );
         assert!(own.wants(&Event::Delete(secret("11"))), "deletion");
         assert_eq!(own.len(), 0, "deleted objects are forgotten");
