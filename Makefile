@@ -57,8 +57,8 @@ TEST_STEPS += test-interop
 .PHONY: test-interop
 
 # --- the CRD and the demo --------------------------------------------------------------
-#   make crds           regenerate crds/jwtsigningkey.yaml from src/api.rs (and the
-#                       chart's copy in charts/keyrotor/crds/)
+#   make crds           regenerate crds/jwtsigningkey.yaml and crds/jwksbundle.yaml from
+#                       the code (and the chart's copies in charts/keyrotor/crds/)
 #   make check-crds     fail when crds/ differs from what `keyrotor crd` prints, or the
 #                       chart's charts/keyrotor/crds/ differs from crds/
 #   make demo           control plane + CRD + operator + examples/quickstart.yaml, watched
@@ -66,12 +66,15 @@ TEST_STEPS += test-interop
 .PHONY: crds check-crds demo
 
 crds:
-	$(CARGO) run --quiet --bin keyrotor -- crd > crds/jwtsigningkey.yaml
-	cp crds/jwtsigningkey.yaml charts/keyrotor/crds/jwtsigningkey.yaml
+	$(CARGO) run --quiet --bin keyrotor -- crd jwtsigningkey > crds/jwtsigningkey.yaml
+	$(CARGO) run --quiet --bin keyrotor -- crd jwksbundle > crds/jwksbundle.yaml
+	cp crds/jwtsigningkey.yaml crds/jwksbundle.yaml charts/keyrotor/crds/
 
 check-crds:
-	@$(CARGO) run --quiet --bin keyrotor -- crd | diff -u crds/jwtsigningkey.yaml - \
+	@$(CARGO) run --quiet --bin keyrotor -- crd jwtsigningkey | diff -u crds/jwtsigningkey.yaml - \
 		|| { echo "crds/jwtsigningkey.yaml is out of date: run 'make crds'"; exit 1; }
+	@$(CARGO) run --quiet --bin keyrotor -- crd jwksbundle | diff -u crds/jwksbundle.yaml - \
+		|| { echo "crds/jwksbundle.yaml is out of date: run 'make crds'"; exit 1; }
 	@diff -ru crds charts/keyrotor/crds \
 		|| { echo "charts/keyrotor/crds differs from crds/: run 'make crds'"; exit 1; }
 
