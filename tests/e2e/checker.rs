@@ -513,8 +513,18 @@ impl<'a> Replay<'a> {
         // Requests count by the operator's own activation time: one sent after it (but
         // before the watch delivered the Secret) cannot have caused it.
         let activated_at = facts.as_ref().and_then(|f| f.activated_at).unwrap_or(at);
-        let requested = self.consume_requests(activated_at);
         let revoked = old_kid.as_deref().is_some_and(|k| self.revoked_by(k, at));
+        // A rotation on schedule or by revocation answers no request: one pending
+        // meanwhile may still be honoured next.
+        let on_schedule = self.last_activation.is_some_and(|previous| {
+            secs(previous, activated_at) >= self.timing.rotation_interval - TOLERANCE
+        });
+        let requested = if revoked || on_schedule {
+            self.note_requests(activated_at);
+            false
+        } else {
+            self.consume_requests(activated_at)
+        };
         let cause = if revoked {
             Cause::Revocation
         } else if requested {
