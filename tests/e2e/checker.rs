@@ -124,6 +124,9 @@ struct Replay<'a> {
     findings: Findings,
     secret: Option<std::sync::Arc<SecretView>>,
     secret_ever: bool,
+    /// Keys the JWKS published before any ring existed (a policy's first keys are
+    /// published before its Secret is written): the first ring must hold them.
+    ahead_of_first_ring: BTreeSet<String>,
     secret_lost: bool,
     doc: Option<std::sync::Arc<JwksView>>,
     /// Since when each kid has been in the JWKS without a break.
@@ -177,6 +180,7 @@ impl<'a> Replay<'a> {
             findings: Findings::default(),
             secret: None,
             secret_ever: false,
+            ahead_of_first_ring: BTreeSet::new(),
             secret_lost: false,
             doc: None,
             present_since: BTreeMap::new(),
@@ -318,6 +322,21 @@ impl<'a> Replay<'a> {
             }
         }
         self.check_next_replaced(at, old.as_deref(), &new);
+        if !self.secret_ever {
+            let held: BTreeSet<&str> = new.ring.iter().flatten().map(|k| k.kid.as_str()).collect();
+            for kid in std::mem::take(&mut self.ahead_of_first_ring) {
+                if !held.contains(kid.as_str()) && !self.foreign.contains(&kid) {
+                    self.violation(
+                        "5",
+                        at,
+                        Some(&kid),
+                        format!(
+                            "the JWKS published {kid} before the first ring, which does not hold it"
+                        ),
+                    );
+                }
+            }
+        }
         self.secret = Some(new);
         self.secret_ever = true;
         self.secret_lost = false;
@@ -600,6 +619,10 @@ impl<'a> Replay<'a> {
                 self.uncertain_since.insert(kid.clone());
             }
             self.present_since.entry(kid.clone()).or_insert(at);
+            if !self.secret_ever {
+                self.ahead_of_first_ring.insert(kid.clone());
+                continue;
+            }
             // Invariant 5: nothing is published that no ring ever held.
             if !self.furthest_state.contains_key(kid)
                 && !self.foreign.contains(kid)
