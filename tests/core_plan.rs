@@ -5,58 +5,13 @@ mod core_support;
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use core_support::World;
+use core_support::{World, activated, hours, minutes, policy, reconcile, t0};
 use keyrotor::keys::{Algorithm, KeyGenerator, RsaBits, SeededKeyGenerator};
 use keyrotor::plan::{
-    ActivationCause, Degraded, Observed, Policy, Slot, StoredRing, TargetObservation, Transition,
-    plan, plan_with_keys, step, step_when_ready,
+    ActivationCause, Degraded, Observed, Slot, StoredRing, TargetObservation, Transition, plan,
+    plan_with_keys, step, step_when_ready,
 };
 use keyrotor::ring::{ActivationException, KeyState, Ring, RingError};
-
-fn t0() -> DateTime<Utc> {
-    DateTime::from_timestamp(1_900_000_000, 0).unwrap()
-}
-
-fn hours(h: i64) -> TimeDelta {
-    TimeDelta::hours(h)
-}
-
-fn minutes(m: i64) -> TimeDelta {
-    TimeDelta::minutes(m)
-}
-
-fn policy() -> Policy {
-    Policy {
-        alg: Algorithm::ES256,
-        rsa_bits: RsaBits::default(),
-        rotation_interval: hours(24),
-        max_token_lifetime: hours(1),
-        propagation_delay: minutes(15),
-        paused: false,
-        revoked: BTreeSet::new(),
-        certificate: false,
-        subject: "auth/api-tokens".into(),
-        rotate_request: None,
-    }
-}
-
-/// A world whose writes land at once, reconciled at `at`.
-fn reconcile(world: &mut World, at: DateTime<Utc>) -> keyrotor::plan::Plan {
-    world.now = at;
-    world.land_writes();
-    let (_, plan) = world.reconcile(|_| TimeDelta::zero()).unwrap();
-    plan
-}
-
-fn activated(plan: &keyrotor::plan::Plan) -> Vec<(String, ActivationCause)> {
-    plan.transitions
-        .iter()
-        .filter_map(|t| match t {
-            Transition::Activated { kid, cause, .. } => Some((kid.clone(), *cause)),
-            _ => None,
-        })
-        .collect()
-}
 
 #[test]
 fn first_key_is_active_at_once_and_a_next_key_follows() {

@@ -8,8 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use keyrotor::jwks;
+use keyrotor::keys::{Algorithm, RsaBits};
 use keyrotor::keys::{PublicJwk, SeededKeyGenerator};
-use keyrotor::plan::{Observed, Plan, Policy, StepError, StoredRing, TargetObservation, step};
+use keyrotor::plan::{
+    ActivationCause, Observed, Plan, Policy, StepError, StoredRing, TargetObservation, Transition,
+    step,
+};
 use keyrotor::ring::Ring;
 
 /// What the Secret holds.
@@ -285,4 +289,52 @@ impl Rng {
     pub fn duration_up_to(&mut self, max: TimeDelta) -> TimeDelta {
         TimeDelta::seconds(self.below(max.num_seconds().max(0) as u64 + 1) as i64)
     }
+}
+
+// Shared by the scenario tests: a clock origin, a daily policy, one reconcile and
+// the activations it made.
+
+pub fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_900_000_000, 0).unwrap()
+}
+
+pub fn hours(h: i64) -> TimeDelta {
+    TimeDelta::hours(h)
+}
+
+pub fn minutes(m: i64) -> TimeDelta {
+    TimeDelta::minutes(m)
+}
+
+pub fn policy() -> Policy {
+    Policy {
+        alg: Algorithm::ES256,
+        rsa_bits: RsaBits::default(),
+        rotation_interval: hours(24),
+        max_token_lifetime: hours(1),
+        propagation_delay: minutes(15),
+        paused: false,
+        revoked: BTreeSet::new(),
+        certificate: false,
+        subject: "auth/api-tokens".into(),
+        rotate_request: None,
+    }
+}
+
+/// A world whose writes land at once, reconciled at `at`.
+pub fn reconcile(world: &mut World, at: DateTime<Utc>) -> keyrotor::plan::Plan {
+    world.now = at;
+    world.land_writes();
+    let (_, plan) = world.reconcile(|_| TimeDelta::zero()).unwrap();
+    plan
+}
+
+pub fn activated(plan: &keyrotor::plan::Plan) -> Vec<(String, ActivationCause)> {
+    plan.transitions
+        .iter()
+        .filter_map(|t| match t {
+            Transition::Activated { kid, cause, .. } => Some((kid.clone(), *cause)),
+            _ => None,
+        })
+        .collect()
 }
