@@ -60,6 +60,9 @@ pub struct Exception {
     pub policy: String,
     pub kid: String,
     pub reason: String,
+    /// When the JWKS was first seen holding the kid (before or after `at`): a write
+    /// held up between the Secret and the JWKS (a SIGKILL, a restart) delays it.
+    pub published_at: Option<Time>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -430,6 +433,7 @@ impl<'a> Replay<'a> {
                     policy: self.timing.name.clone(),
                     kid: kid.to_owned(),
                     reason: format!("{exception}: {reason}"),
+                    published_at: self.present_since.get(kid).copied(),
                 });
             } else {
                 self.violation(
@@ -619,6 +623,11 @@ impl<'a> Replay<'a> {
                 self.uncertain_since.insert(kid.clone());
             }
             self.present_since.entry(kid.clone()).or_insert(at);
+            for exception in &mut self.findings.exceptions {
+                if &exception.kid == kid && exception.published_at.is_none() {
+                    exception.published_at = Some(at);
+                }
+            }
             if !self.secret_ever {
                 self.ahead_of_first_ring.insert(kid.clone());
                 continue;

@@ -278,7 +278,7 @@ fn count_rotations(versions: &[(Time, Arc<SecretView>)]) -> usize {
 }
 
 /// Why a failed verification was expected, if it was.
-fn explain(
+pub fn explain(
     failure: &Failure,
     actions: &[Action],
     exceptions: &[Exception],
@@ -297,9 +297,13 @@ fn explain(
         }
     }
     for exception in exceptions {
-        if &exception.kid == kid && secs(exception.at, failure.token.signed_at) < pd + TOLERANCE {
+        // Verifiers can know the key only once it is both Active and published.
+        let known_from = exception
+            .published_at
+            .map_or(exception.at, |p| p.max(exception.at));
+        if &exception.kid == kid && secs(known_from, failure.token.signed_at) < pd + TOLERANCE {
             return Some(format!(
-                "signed by a key that became Active without pre-publication ({}) less than propagationDelay earlier: verifiers could not know it yet",
+                "signed by a key that became Active without pre-publication ({}) less than propagationDelay after it was both Active and published: verifiers could not know it yet",
                 exception.reason.split(':').next().unwrap_or("exception")
             ));
         }

@@ -451,6 +451,54 @@ fn recovery_after_deletion_is_explained() -> Result<(), String> {
     Ok(())
 }
 
+/// A failed verification of a token signed `signed` seconds in with the Recovery key R.
+fn recovery_failure(signed: f64) -> crate::participants::Failure {
+    use crate::participants::{Check, Failure, TokenMeta};
+    Failure {
+        library: "rust",
+        verifier: "rust-0".into(),
+        check: Check::AtIssue,
+        token: TokenMeta {
+            seq: 1,
+            issuer: 0,
+            kid: "R".into(),
+            signed_at: t(signed),
+            iat: 0,
+            exp: 0,
+        },
+        verified_at: t(signed + 0.001),
+        error: "no key with kid R".into(),
+        served_kids: Vec::new(),
+        expected: None,
+    }
+}
+
+/// A Recovery whose JWKS write was held up (the operator killed between its Secret
+/// and JWKS writes): verifiers can know R only propagationDelay after its publication.
+fn delayed_recovery_publication_is_explained_for_propagation_delay() -> Result<(), String> {
+    let mut s = clean_start();
+    let mut fresh = active("R", 0.0, 3.1);
+    fresh.published = None;
+    fresh.exception = Some(ActivationException::Recovery);
+    s.action(3.0, ActionKind::SecretDeleted { policy: "p".into() })
+        .delete_secret(3.0)
+        .secret(3.1, &[fresh, next("S", None), retired("B"), retired("A")])
+        .jwks(4.0, &["R", "S", "B", "A"]);
+    let f = s.check();
+    let explain = |signed: f64| {
+        crate::scenario::explain(&recovery_failure(signed), &s.actions, &f.exceptions, 1.0)
+    };
+    if explain(4.5).is_none() {
+        return Err("a failure 0.5 s after R's publication must be explained".into());
+    }
+    if let Some(reason) = explain(5.5) {
+        return Err(format!(
+            "a failure 1.5 s after R's publication (propagationDelay 1 s) must stay unexplained, got {reason:?}"
+        ));
+    }
+    Ok(())
+}
+
 fn unjustified_exception_is_invariant_2() -> Result<(), String> {
     let mut s = clean_start();
     let mut fresh = active("R", 0.0, 3.1);
@@ -565,7 +613,7 @@ type SelfTest = fn() -> Result<(), String>;
 
 /// Runs every self-test; prints one line each and a closing tally.
 pub fn run() -> bool {
-    let tests: [(&str, SelfTest); 17] = [
+    let tests: [(&str, SelfTest); 18] = [
         ("checker: a clean history passes", clean_history_passes),
         (
             "checker: activation before propagationDelay is invariant 2",
@@ -606,6 +654,10 @@ pub fn run() -> bool {
         (
             "checker: recovery after a deleted Secret is an explained exception",
             recovery_after_deletion_is_explained,
+        ),
+        (
+            "checker: a recovery published late is explained for propagationDelay after",
+            delayed_recovery_publication_is_explained_for_propagation_delay,
         ),
         (
             "checker: an unjustified exception is invariant 2",
