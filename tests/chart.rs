@@ -251,6 +251,7 @@ fn default_render_is_cluster_wide_least_privilege_and_hardened() {
     assert!(args.contains(&"--bundles"), "{args:?}");
     assert!(args.contains(&"--leader-elect"), "{args:?}");
     assert!(args.contains(&"--lease-name=keyrotor-leader"), "{args:?}");
+    assert!(args.contains(&"--concurrency=16"), "{args:?}");
     assert!(
         !args.iter().any(|arg| arg.starts_with("--namespace")),
         "{args:?}"
@@ -332,6 +333,18 @@ fn unsafe_or_incomplete_values_are_refused() {
             ],
             "needs networkPolicy.egress.apiServerCIDRs",
         ),
+        (
+            vec!["concurrency=-1"],
+            "concurrency must be a whole number from 0 (unbounded) to 65535, not -1",
+        ),
+        (
+            vec!["concurrency=2.5"],
+            "concurrency must be a whole number from 0 (unbounded) to 65535, not 2.5",
+        ),
+        (
+            vec!["concurrency=70000"],
+            "concurrency must be a whole number from 0 (unbounded) to 65535, not 70000",
+        ),
     ] {
         let mut args = vec!["template", "keyrotor", chart.as_str()];
         for set in &sets {
@@ -347,6 +360,19 @@ fn unsafe_or_incomplete_values_are_refused() {
         "default",
         &["replicaCount=1", "leaderElection.enabled=false"],
     );
+    // 0 is unbounded, and a chosen bound reaches the operator.
+    for value in ["0", "4", "65535"] {
+        let docs = documents(&render(
+            "keyrotor",
+            "default",
+            &[&format!("concurrency={value}")],
+        ));
+        let args = strings(&container(&docs)["args"]);
+        assert!(
+            args.contains(&format!("--concurrency={value}").as_str()),
+            "{args:?}"
+        );
+    }
 }
 
 #[test]
