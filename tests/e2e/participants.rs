@@ -168,11 +168,13 @@ enum Outcome {
 }
 
 /// The Rust verifier: jsonwebtoken, with a JWK Set cache that behaves like jose's
-/// remote set (max age, refresh on an unknown kid after a cooldown).
+/// remote set (max age, refresh on an unknown kid after a cooldown). The cache ages on
+/// the harness's clock (the `now` its served document was chosen for), as the process
+/// verifiers' caches do: a stalled harness thread must not stretch a cache's age.
 pub struct RustVerifier {
     alg: Algorithm,
     served: Option<Arc<JwksView>>,
-    cache: Option<(Instant, JwkSet)>,
+    cache: Option<(Time, JwkSet)>,
     max_age: Duration,
     cooldown: Duration,
 }
@@ -192,41 +194,37 @@ impl RustVerifier {
         self.served = doc;
     }
 
-    fn reload(&mut self) -> Result<(), String> {
+    fn reload(&mut self, now: Time) -> Result<(), String> {
         let text = self
             .served
             .as_ref()
             .and_then(|d| d.text.clone())
             .ok_or("no JWKS document served yet")?;
         let set: JwkSet = serde_json::from_str(&text).map_err(|e| format!("JWKS rejected: {e}"))?;
-        self.cache = Some((Instant::now(), set));
+        self.cache = Some((now, set));
         Ok(())
     }
 
-    pub fn verify(&mut self, token: &str) -> Result<String, String> {
+    pub fn verify(&mut self, token: &str, now: Time) -> Result<String, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("header: {e}"))?;
         if header.alg != self.alg {
             return Err(format!("algorithm {:?} not allowed", header.alg));
         }
         let kid = header.kid.ok_or("no kid")?;
-        let stale = self
-            .cache
-            .as_ref()
-            .is_none_or(|(at, _)| at.elapsed() >= self.max_age);
-        if stale {
-            self.reload()?;
+        let age = |cache: &Option<(Time, JwkSet)>| {
+            cache
+                .as_ref()
+                .map(|(at, _)| (now - *at).to_std().unwrap_or_default())
+        };
+        if age(&self.cache).is_none_or(|age| age >= self.max_age) {
+            self.reload(now)?;
         }
         let mut jwk = self
             .cache
             .as_ref()
             .and_then(|(_, set)| set.find(&kid).cloned());
-        if jwk.is_none()
-            && self
-                .cache
-                .as_ref()
-                .is_none_or(|(at, _)| at.elapsed() >= self.cooldown)
-        {
-            self.reload()?;
+        if jwk.is_none() && age(&self.cache).is_none_or(|age| age >= self.cooldown) {
+            self.reload(now)?;
             jwk = self
                 .cache
                 .as_ref()
@@ -351,7 +349,7 @@ impl Verifier {
         };
         match &mut self.backend {
             Backend::Rust(v) => {
-                let outcome = match v.verify(token) {
+                let outcome = match v.verify(token, now) {
                     Ok(_) => Outcome::Ok,
                     // The thread was starved past `exp`: a verdict on the clock.
                     Err(_) if Utc::now().timestamp() >= exp => Outcome::Late,
