@@ -553,7 +553,11 @@ async fn apply(bundle: &JwksBundle, ctx: &Context) -> Result<Action, Error> {
 
     // Apply: the status.
     problems.sort_by_key(|p| problem_rank(p.reason));
-    let credited = merged.as_ref().map(|m| {
+    // Without the target namespaces nothing was written: the previous keys and
+    // namespaces stand (crediting the new document would let a policy count keys as
+    // published that no ConfigMap holds).
+    let written = merged.as_ref().filter(|_| targets.is_some());
+    let credited = written.map(|m| {
         let order: Vec<String> = crate::jwks::parse(&m.document)
             .map(|d| d.public_jwks().into_iter().map(|k| k.kid).collect())
             .unwrap_or_default();
