@@ -111,6 +111,27 @@ impl Operator {
         assert!(!log.contains("panicked"), "the operator panicked:\n{tail}");
     }
 
+    /// A sample of `/metrics` (`name{labels}` exactly), once the operator has logged
+    /// the address it serves it on.
+    fn metric(&self, series: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let log = self.log();
+        let addr = log.lines().find_map(|line| {
+            let entry: Value = serde_json::from_str(line).ok()?;
+            entry.get("metrics_addr")?.as_str().map(str::to_owned)
+        })?;
+        let mut stream = std::net::TcpStream::connect(addr).ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.parse().ok()
+        })
+    }
+
     /// No private material in anything the operator logged.
     fn assert_log_clean(&self) {
         let log = self.log();
@@ -592,6 +613,189 @@ async fn foreign_config_map_is_untouched_and_reported() {
         created.metadata.resource_version
     );
     assert_eq!(target_kids(&client, mine.name()).await, None);
+    operator.assert_running();
+    operator.assert_log_clean();
+}
+
+/// The Events of a bundle (`events.k8s.io/v1`, in `default`: a bundle is cluster-scoped),
+/// as `(type, reason, note)` in the order they were created.
+async fn bundle_events(client: &Client, bundle: &str) -> Vec<(String, String, String)> {
+    use k8s_openapi::api::events::v1::Event;
+    let api: Api<Event> = Api::namespaced(client.clone(), "default");
+    let mut events: Vec<Event> = api
+        .list(&ListParams::default())
+        .await
+        .expect("listing Events")
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("JwksBundle") && r.name.as_deref() == Some(bundle)
+            })
+        })
+        .collect();
+    events.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    events
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Events on the bundle: `Published` naming the namespace and key count, one Warning
+/// for a missing source however many reconciles follow, `Published` and `Unpublished`
+/// as namespaces come and go; none carries key material. The writes are counted.
+#[tokio::test]
+async fn bundle_events_tell_publications_and_new_problems() {
+    let _serial = SERIAL.lock().await;
+    let client = support::client().await;
+    setup(&client).await;
+    let auth = TestNamespace::new(&client, "bundle-ev-src").await;
+    let first = TestNamespace::new(&client, "bundle-ev-t1").await;
+    let second = TestNamespace::new(&client, "bundle-ev-t2").await;
+    let label = unique("events");
+    let bundle_name = unique("bundle-events");
+    label_namespace(&client, first.name(), "keyrotor.dev/jwks", Some(&label)).await;
+    let mut operator = Operator::start(&bundle_name, &[auth.name()]);
+    apply_policy(
+        &client,
+        auth.name(),
+        &policy("api", "ES256", json!({}), false),
+    )
+    .await;
+    eventually("the policy's keys", Duration::from_secs(60), || async {
+        (own_kids(&client, auth.name(), "api").await.len() == 2).then_some(())
+    })
+    .await;
+    apply_bundle(
+        &client,
+        &bundle(
+            &bundle_name,
+            json!([
+                { "namespace": auth.name(), "name": "api" },
+                { "namespace": auth.name(), "name": "absent" },
+            ]),
+            &label,
+        ),
+    )
+    .await;
+
+    // The Events of one type and reason.
+    let of = |events: &[(String, String, String)], kind: &str, reason: &str| {
+        events
+            .iter()
+            .filter(|e| e.0 == kind && e.1 == reason)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let events = eventually(
+        "Published and SourceMissing Events",
+        Duration::from_secs(60),
+        || async {
+            let events = bundle_events(&client, &bundle_name).await;
+            let published = !of(&events, "Normal", "Published").is_empty();
+            let missing = !of(&events, "Warning", "SourceMissing").is_empty();
+            (published && missing).then_some(events)
+        },
+    )
+    .await;
+    let published: Vec<_> = of(&events, "Normal", "Published");
+    assert_eq!(published.len(), 1, "{events:?}");
+    assert_eq!(
+        published[0].2,
+        format!(
+            "published ConfigMap {TARGET} with 2 keys in namespace {}",
+            first.name()
+        )
+    );
+    let missing: Vec<_> = of(&events, "Warning", "SourceMissing");
+    assert!(
+        missing[0]
+            .2
+            .contains(&format!("JwtSigningKey {}/absent", auth.name())),
+        "{missing:?}"
+    );
+
+    // The policy (a 24 h schedule) writes nothing more: from here on, the bundle's
+    // writes alone move the counters.
+    let counted = |kind: &str| {
+        operator
+            .metric(&format!("keyrotor_api_writes_total{{kind=\"{kind}\"}}"))
+            .unwrap_or(0.0)
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (events_before, config_maps_before) = (counted("event"), counted("configmap"));
+    assert!(
+        counted("jwksbundle") >= 1.0,
+        "the finalizer write is counted"
+    );
+    assert!(counted("status") >= 1.0, "status writes are counted");
+
+    // Another namespace: its own Published, and the missing source is not told again
+    // on this reconcile nor on the ones that follow.
+    label_namespace(&client, second.name(), "keyrotor.dev/jwks", Some(&label)).await;
+    let events = eventually(
+        "Published for the second namespace",
+        Duration::from_secs(30),
+        || async {
+            let events = bundle_events(&client, &bundle_name).await;
+            events
+                .iter()
+                .any(|e| e.1 == "Published" && e.2.ends_with(second.name()))
+                .then_some(events)
+        },
+    )
+    .await;
+    assert_eq!(
+        of(&events, "Warning", "SourceMissing").len(),
+        1,
+        "{events:?}"
+    );
+    label_namespace(&client, first.name(), "keyrotor.dev/jwks", None).await;
+    let events = eventually("Unpublished", Duration::from_secs(30), || async {
+        let events = bundle_events(&client, &bundle_name).await;
+        let unpublished = !of(&events, "Normal", "Unpublished").is_empty();
+        unpublished.then_some(events)
+    })
+    .await;
+    let unpublished: Vec<_> = of(&events, "Normal", "Unpublished");
+    assert_eq!(
+        unpublished[0].2,
+        format!(
+            "removed the bundle's ConfigMap from namespace {}: no longer selected",
+            first.name()
+        )
+    );
+    assert_eq!(target_kids(&client, first.name()).await, None);
+    assert_eq!(
+        of(&events, "Warning", "SourceMissing").len(),
+        1,
+        "{events:?}"
+    );
+    for (_, _, note) in &events {
+        for marker in PRIVATE_MARKERS {
+            assert!(!note.contains(marker), "an Event note contains {marker}");
+        }
+    }
+
+    // Two Events (Published, Unpublished), a create and a delete: all counted.
+    eventually(
+        "the bundle's writes in the metrics",
+        Duration::from_secs(10),
+        || async {
+            (counted("event") >= events_before + 2.0
+                && counted("configmap") >= config_maps_before + 2.0)
+                .then_some(())
+        },
+    )
+    .await;
+
+    delete_bundle(&client, &bundle_name).await;
     operator.assert_running();
     operator.assert_log_clean();
 }

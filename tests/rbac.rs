@@ -189,6 +189,21 @@ async fn watched_namespaces_install_is_confined_to_its_namespaces() {
     }
     assert!(!can(&operator, "list", "", "secrets", None, None).await);
     assert!(!can(&operator, "watch", "", "secrets", None, None).await);
+    // No bundles here, so no Events in `default`, where a bundle's would go.
+    for verb in ["create", "patch"] {
+        assert!(
+            !can(
+                &operator,
+                verb,
+                "events.k8s.io",
+                "events",
+                Some("default"),
+                None
+            )
+            .await,
+            "{verb} Events in default allowed"
+        );
+    }
 
     // Real requests with the token: a Secret outside is unreadable, even by name ...
     let mut secret = Secret::default();
@@ -267,6 +282,22 @@ async fn cluster_wide_install_reads_everywhere_but_grants_nothing_more() {
         .await
     );
     assert!(can(&operator, "watch", "", "namespaces", None, None).await);
+    // A bundle is cluster-scoped: kube-runtime's recorder writes its Events in
+    // `default` (create, then patch to count repeats).
+    for verb in ["create", "patch"] {
+        assert!(
+            can(
+                &operator,
+                verb,
+                "events.k8s.io",
+                "events",
+                Some("default"),
+                None
+            )
+            .await,
+            "denied {verb} Events in default"
+        );
+    }
 
     Api::<Secret>::all(operator.clone())
         .list(&ListParams::default().limit(1))
@@ -648,6 +679,25 @@ async fn bundles_work_with_only_the_charts_rbac() {
             let text = config_map.data?.get("jwks.json")?.clone();
             let jwks: Value = serde_json::from_str(&text).ok()?;
             (jwks["keys"].as_array()?.len() == 2).then_some(())
+        },
+    )
+    .await;
+    // Its Event, in `default` (a bundle is cluster-scoped).
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), "default");
+    support::eventually(
+        "the bundle's Published Event",
+        Duration::from_secs(30),
+        || async {
+            let listed = events.list(&ListParams::default()).await.ok()?;
+            listed
+                .items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("Published")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                            == Some(release.as_str())
+                })
+                .then_some(())
         },
     )
     .await;

@@ -12,6 +12,9 @@
 //!   that keyrotor did not create for this bundle is never written and is reported),
 //!   delete the bundle's ConfigMaps in namespaces that are no longer selected, then the
 //!   status. A finalizer removes every ConfigMap of the bundle before it goes.
+//! - Report: the Events [`plan::events`] derives from the status before and after
+//!   (`Published`, `Unpublished`, a Warning when a problem appears), on the bundle (a
+//!   cluster-scoped object: they land in the `default` namespace).
 //!
 //! The status lists the kids present in every published ConfigMap; the policy
 //! controller reads it (see [`plan::policy_targets`]) so that a policy's Next key
@@ -32,6 +35,7 @@ use kube::api::{
     DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions,
 };
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -43,7 +47,7 @@ use crate::controller::render::{self, FIELD_MANAGER, MANAGED_SELECTOR, TargetCon
 use crate::jwks::{JwksError, JwksSource};
 use crate::metrics::Metrics;
 use api::{JwksBundle, JwksBundleStatus};
-use plan::{BUNDLE_LABEL, FINALIZER, Outcome, Ownership, Problem, STATIC_SOURCE};
+use plan::{BUNDLE_LABEL, BundleEvent, FINALIZER, Outcome, Ownership, Problem, STATIC_SOURCE};
 
 /// How soon to look again at a bundle with a problem (a foreign ConfigMap is not
 /// watched, so its removal is noticed this way).
@@ -64,6 +68,18 @@ pub enum Error {
     Finalizer(String),
 }
 
+impl Error {
+    /// The `reason` label of the reconcile errors metric (the policy controller's words).
+    fn metric_reason(&self) -> &'static str {
+        match self {
+            // 422: the finalizer patch's test saw a newer object.
+            Error::Kube(kube::Error::Api(status)) if matches!(status.code, 409 | 422) => "conflict",
+            Error::Kube(_) => "api",
+            Error::MissingField(_) | Error::Finalizer(_) => "invalid_object",
+        }
+    }
+}
+
 /// The status last written per bundle, with the resourceVersion it was based on.
 struct WrittenStatus {
     based_on: Option<String>,
@@ -73,6 +89,7 @@ struct WrittenStatus {
 /// Shared state of the bundle controller.
 pub struct Context {
     client: Client,
+    reporter: Reporter,
     metrics: Metrics,
     policies: Store<JwtSigningKey>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
@@ -164,6 +181,7 @@ pub async fn run(
 
     let context = Arc::new(Context {
         client,
+        reporter: crate::controller::reporter(),
         metrics,
         policies: policy_reader.clone(),
         namespaces: namespace_reader,
@@ -244,7 +262,7 @@ fn error_policy(bundle: Arc<JwksBundle>, error: &Error, ctx: Arc<Context>) -> Ac
         // Gone while its deletion was being finished.
         return Action::await_change();
     }
-    ctx.metrics.reconcile_failed("bundle");
+    ctx.metrics.reconcile_failed(error.metric_reason());
     warn!(bundle = %bundle.name_any(), error = %error, "bundle reconcile failed");
     // 409: a write raced ours; 422: the finalizer patch's test saw a newer object.
     let conflict = matches!(code, Some(409 | 422));
@@ -285,14 +303,24 @@ async fn reconcile(bundle: Arc<JwksBundle>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
     let api: Api<JwksBundle> = Api::all(ctx.client.clone());
-    finalizer::finalizer(&api, FINALIZER, bundle, |event| async {
+    // The finalizer helper patches the bundle itself to add or remove the finalizer.
+    let has_finalizer = bundle.finalizers().iter().any(|f| f == FINALIZER);
+    let patches_bundle = match (has_finalizer, bundle.metadata.deletion_timestamp.is_some()) {
+        (false, false) => true, // adds it, before the first apply
+        (true, true) => true,   // removes it, after the cleanup
+        _ => false,
+    };
+    let result = finalizer::finalizer(&api, FINALIZER, bundle, |event| async {
         match event {
             Finalizer::Apply(bundle) => apply(&bundle, &ctx).await,
             Finalizer::Cleanup(bundle) => cleanup(&bundle, &ctx).await,
         }
     })
-    .await
-    .map_err(|e| match e {
+    .await;
+    if patches_bundle && result.is_ok() {
+        ctx.metrics.api_write("jwksbundle");
+    }
+    result.map_err(|e| match e {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
         finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
         other => Error::Finalizer(other.to_string()),
@@ -573,14 +601,56 @@ async fn apply(bundle: &JwksBundle, ctx: &Context) -> Result<Action, Error> {
     // After the writes: a key's publication time is never earlier than its writes.
     let now = Utc::now();
     let desired = plan::status(bundle.metadata.generation, current.as_ref(), &outcome, now);
+    let events = plan::events(
+        current.as_ref(),
+        &outcome,
+        &desired,
+        &spec.target.config_map.name,
+    );
     if current.as_ref() != Some(&desired) {
         write_status(ctx, bundle, &name, desired).await?;
     }
+
+    // Report: after the status, so a failed write tells nothing and its retry tells
+    // all; together, so a busy API server delays the next reconcile by one round trip.
+    futures::future::join_all(events.iter().map(|event| publish(ctx, bundle, event))).await;
     Ok(Action::requeue(if outcome.problems.is_empty() {
         MAX_REQUEUE
     } else {
         PROBLEM_REQUEUE
     }))
+}
+
+/// Publishes one Event on the bundle. A failure is logged, not retried: the status
+/// holds the same facts.
+async fn publish(ctx: &Context, bundle: &JwksBundle, event: &BundleEvent) {
+    use kube::Resource;
+    let (type_, log_as_warning) = match event.severity {
+        plan::Severity::Normal => (EventType::Normal, false),
+        plan::Severity::Warning => (EventType::Warning, true),
+    };
+    let name = bundle.name_any();
+    if log_as_warning {
+        warn!(bundle = %name, reason = event.reason, "{}", event.note);
+    } else {
+        info!(bundle = %name, reason = event.reason, "{}", event.note);
+    }
+    let kube_event = KubeEvent {
+        type_,
+        reason: event.reason.to_owned(),
+        note: Some(event.note.clone()),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    // A fresh recorder per Event, as for policies: the recorder's series
+    // de-duplication ignores the note.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    match recorder.publish(&kube_event, &bundle.object_ref(&())).await {
+        Ok(()) => ctx.metrics.api_write("event"),
+        Err(e) => {
+            warn!(bundle = %name, reason = event.reason, error = %e, "could not publish an Event");
+        }
+    }
 }
 
 /// Order of reasons in the conditions: the most serious first.

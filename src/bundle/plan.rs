@@ -386,6 +386,150 @@ pub fn status(
     }
 }
 
+/// Whether an Event is routine or calls for attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// Something the bundle did as asked (`Published`, `Unpublished`).
+    Normal,
+    /// A problem that newly appeared (its reason is the `Degraded` reason).
+    Warning,
+}
+
+/// An Event to publish on the bundle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleEvent {
+    /// Normal or Warning.
+    pub severity: Severity,
+    /// `Published`, `Unpublished`, or a problem's reason.
+    pub reason: &'static str,
+    /// Human note: namespaces, ConfigMap names, counts and kids only, at most
+    /// [`EVENT_NOTE_LIMIT`] bytes.
+    pub note: String,
+}
+
+/// Longest note the API server accepts on an `events.k8s.io/v1` Event, in bytes.
+pub const EVENT_NOTE_LIMIT: usize = 1024;
+/// Namespaces named in one note; the rest are counted.
+const NOTE_NAMESPACES: usize = 10;
+
+/// `note`, cut at a character boundary to fit [`EVENT_NOTE_LIMIT`].
+fn bounded_note(note: String) -> String {
+    const ELLIPSIS: &str = "…";
+    if note.len() <= EVENT_NOTE_LIMIT {
+        return note;
+    }
+    let mut end = EVENT_NOTE_LIMIT - ELLIPSIS.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &note[..end])
+}
+
+/// `namespace a` or `3 namespaces: a, b, c` (at most [`NOTE_NAMESPACES`] named).
+fn namespaces_phrase(namespaces: &[&String]) -> String {
+    match namespaces {
+        [one] => format!("namespace {one}"),
+        many => {
+            let named: Vec<&str> = many
+                .iter()
+                .take(NOTE_NAMESPACES)
+                .map(|n| n.as_str())
+                .collect();
+            let rest = many.len().saturating_sub(NOTE_NAMESPACES);
+            let more = if rest > 0 {
+                format!(" and {rest} more")
+            } else {
+                String::new()
+            };
+            format!("{} namespaces: {}{more}", many.len(), named.join(", "))
+        }
+    }
+}
+
+/// Whether `message` is one of the `"; "`-joined problem messages of a `Degraded`
+/// condition.
+fn was_reported(joined: &str, message: &str) -> bool {
+    joined == message
+        || joined.starts_with(&format!("{message}; "))
+        || joined.ends_with(&format!("; {message}"))
+        || joined.contains(&format!("; {message}; "))
+}
+
+/// The Events of one reconcile, from the status before it (`previous`), what it did
+/// (`outcome`) and the status after it (`desired`, from [`status`]), so that each
+/// change is told once:
+///
+/// - `Published` (Normal) when the bundle starts publishing `config_map` into namespaces
+///   it did not publish to;
+/// - `Unpublished` (Normal) when it removed its ConfigMap from namespaces it published
+///   to (a namespace it lost to a foreign ConfigMap is told by the conflict's Warning);
+/// - a Warning per problem that the previous `Degraded` condition did not already
+///   report (same message), with the problem's reason, so a problem that persists is
+///   not told again on every reconcile.
+///
+/// Notes name namespaces, the ConfigMap and counts (problem messages: names and kids),
+/// never key material.
+pub fn events(
+    previous: Option<&JwksBundleStatus>,
+    outcome: &Outcome,
+    desired: &JwksBundleStatus,
+    config_map: &str,
+) -> Vec<BundleEvent> {
+    let before: BTreeSet<&String> = previous.iter().flat_map(|s| &s.namespaces).collect();
+    let after: BTreeSet<&String> = desired.namespaces.iter().collect();
+    let conflicts: BTreeSet<&String> = desired.conflicts.iter().collect();
+    let mut events = Vec::new();
+
+    let added: Vec<&String> = after.difference(&before).copied().collect();
+    if !added.is_empty() {
+        let keys = desired.keys.len();
+        let plural = if keys == 1 { "" } else { "s" };
+        events.push(BundleEvent {
+            severity: Severity::Normal,
+            reason: "Published",
+            note: format!(
+                "published ConfigMap {config_map} with {keys} key{plural} in {}",
+                namespaces_phrase(&added)
+            ),
+        });
+    }
+    let removed: Vec<&String> = before
+        .difference(&after)
+        .filter(|ns| !conflicts.contains(*ns))
+        .copied()
+        .collect();
+    if !removed.is_empty() {
+        events.push(BundleEvent {
+            severity: Severity::Normal,
+            reason: "Unpublished",
+            note: format!(
+                "removed the bundle's ConfigMap from {}: no longer selected",
+                namespaces_phrase(&removed)
+            ),
+        });
+    }
+
+    let reported = previous
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.type_ == DEGRADED && c.status == "True")
+        .map(|c| c.message.as_str());
+    for problem in &outcome.problems {
+        if reported.is_some_and(|joined| was_reported(joined, &problem.message)) {
+            continue;
+        }
+        events.push(BundleEvent {
+            severity: Severity::Warning,
+            reason: problem.reason,
+            note: problem.message.clone(),
+        });
+    }
+    for event in &mut events {
+        event.note = bounded_note(std::mem::take(&mut event.note));
+    }
+    events
+}
+
 /// What the bundles that take keys from the policy `namespace/name` tell its planner:
 /// one target per bundle, holding the kids the bundle's status reports as present in
 /// every ConfigMap it publishes. A bundle being deleted no longer counts.
@@ -694,6 +838,194 @@ mod tests {
         let third = status(Some(2), Some(&second), &blocked, t1);
         assert_eq!(third.keys, second.keys);
         assert_eq!(third.namespaces, second.namespaces);
+    }
+
+    fn published(namespaces: &[&str], problems: Vec<Problem>) -> Outcome {
+        Outcome {
+            merged: Some(vec![
+                ("k1".into(), "auth/a".into()),
+                ("k2".into(), "auth/a".into()),
+            ]),
+            published: namespaces.iter().map(|n| (*n).to_owned()).collect(),
+            conflicts: BTreeSet::new(),
+            problems,
+        }
+    }
+
+    fn reasons(events: &[BundleEvent]) -> Vec<(Severity, &'static str)> {
+        events.iter().map(|e| (e.severity, e.reason)).collect()
+    }
+
+    #[test]
+    fn events_tell_each_change_once() {
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let t1 = t0 + chrono::TimeDelta::seconds(30);
+
+        // A new bundle: published into two namespaces.
+        let first = published(&["ns1", "ns2"], vec![]);
+        let s1 = status(Some(1), None, &first, t0);
+        let events1 = events(None, &first, &s1, "platform-jwks");
+        assert_eq!(
+            events1,
+            vec![BundleEvent {
+                severity: Severity::Normal,
+                reason: "Published",
+                note: "published ConfigMap platform-jwks with 2 keys in 2 namespaces: ns1, ns2"
+                    .into(),
+            }]
+        );
+        // Nothing changed: no Event, whatever the time.
+        let s1_again = status(Some(1), Some(&s1), &first, t1);
+        assert!(events(Some(&s1), &first, &s1_again, "platform-jwks").is_empty());
+
+        // One namespace joins, one leaves.
+        let moved = published(&["ns1", "ns3"], vec![]);
+        let s2 = status(Some(1), Some(&s1), &moved, t1);
+        let events2 = events(Some(&s1), &moved, &s2, "platform-jwks");
+        assert_eq!(
+            reasons(&events2),
+            [
+                (Severity::Normal, "Published"),
+                (Severity::Normal, "Unpublished")
+            ]
+        );
+        assert_eq!(
+            events2[0].note,
+            "published ConfigMap platform-jwks with 2 keys in namespace ns3"
+        );
+        assert_eq!(
+            events2[1].note,
+            "removed the bundle's ConfigMap from namespace ns2: no longer selected"
+        );
+    }
+
+    #[test]
+    fn a_problem_is_warned_about_when_it_appears_not_while_it_persists() {
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let missing = Problem::new("SourceMissing", "JwtSigningKey auth/b does not exist");
+        let ok = published(&["ns1"], vec![]);
+        let s0 = status(Some(1), None, &ok, t0);
+
+        let broken = published(&["ns1"], vec![missing.clone()]);
+        let s1 = status(Some(1), Some(&s0), &broken, t0);
+        let warned = events(Some(&s0), &broken, &s1, "platform-jwks");
+        assert_eq!(
+            warned,
+            vec![BundleEvent {
+                severity: Severity::Warning,
+                reason: "SourceMissing",
+                note: missing.message.clone(),
+            }]
+        );
+        // Still missing on the next reconciles: told once.
+        let s2 = status(Some(1), Some(&s1), &broken, t0);
+        assert!(events(Some(&s1), &broken, &s2, "platform-jwks").is_empty());
+
+        // A second problem joins the first: only the new one is told, even though the
+        // Degraded reason (the most serious) changes.
+        let conflict = Problem::new(
+            "ConfigMapConflict",
+            "ConfigMap ns2/platform-jwks is not managed by keyrotor; keyrotor will not overwrite it",
+        );
+        let mut both = published(&["ns1"], vec![conflict.clone(), missing.clone()]);
+        both.conflicts = ["ns2".to_owned()].into();
+        let s3 = status(Some(1), Some(&s2), &both, t0);
+        assert_eq!(
+            reasons(&events(Some(&s2), &both, &s3, "platform-jwks")),
+            [(Severity::Warning, "ConfigMapConflict")]
+        );
+        let s4 = status(Some(1), Some(&s3), &both, t0);
+        assert!(events(Some(&s3), &both, &s4, "platform-jwks").is_empty());
+
+        // Resolved, then back: told again.
+        let s5 = status(Some(1), Some(&s4), &ok, t0);
+        assert!(events(Some(&s4), &ok, &s5, "platform-jwks").is_empty());
+        let s6 = status(Some(1), Some(&s5), &broken, t0);
+        assert_eq!(
+            reasons(&events(Some(&s5), &broken, &s6, "platform-jwks")),
+            [(Severity::Warning, "SourceMissing")]
+        );
+
+        // A message that is only part of a reported one is a new problem.
+        let other = Problem::new("SourceMissing", "JwtSigningKey auth/b does not");
+        let partial = published(&["ns1"], vec![other]);
+        let s7 = status(Some(1), Some(&s6), &partial, t0);
+        assert_eq!(events(Some(&s6), &partial, &s7, "platform-jwks").len(), 1);
+    }
+
+    #[test]
+    fn a_namespace_lost_to_a_foreign_config_map_is_told_by_the_conflict() {
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let ok = published(&["ns1", "ns2"], vec![]);
+        let s0 = status(Some(1), None, &ok, t0);
+        let mut lost = published(
+            &["ns1"],
+            vec![Problem::new(
+                "ConfigMapConflict",
+                "ConfigMap ns2/platform-jwks is not managed by keyrotor; keyrotor will not overwrite it",
+            )],
+        );
+        lost.conflicts = ["ns2".to_owned()].into();
+        let s1 = status(Some(1), Some(&s0), &lost, t0);
+        assert_eq!(
+            reasons(&events(Some(&s0), &lost, &s1, "platform-jwks")),
+            [(Severity::Warning, "ConfigMapConflict")]
+        );
+    }
+
+    #[test]
+    fn nothing_written_is_no_publication_change() {
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let ok = published(&["ns1", "ns2"], vec![]);
+        let s0 = status(Some(1), None, &ok, t0);
+        let blocked = Outcome {
+            merged: None,
+            published: BTreeSet::new(),
+            conflicts: BTreeSet::new(),
+            problems: vec![Problem::new(
+                "JwksTooLarge",
+                "the bundle would hold 900 keys in 1100000 bytes, over the 1000000-byte limit; not written",
+            )],
+        };
+        let s1 = status(Some(1), Some(&s0), &blocked, t0);
+        assert_eq!(
+            reasons(&events(Some(&s0), &blocked, &s1, "platform-jwks")),
+            [(Severity::Warning, "JwksTooLarge")]
+        );
+    }
+
+    #[test]
+    fn event_notes_are_bounded_and_public() {
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let many: Vec<String> = (0..400).map(|i| format!("namespace-ü-{i:03}")).collect();
+        let names: Vec<&str> = many.iter().map(String::as_str).collect();
+        let key = keys(4, 1).remove(0);
+        let mut private = serde_json::to_value(&key).expect("json");
+        private["d"] = serde_json::json!("c2VjcmV0LWQ");
+        let refused = parse_static_keys(&serde_json::json!({ "keys": [private] }).to_string())
+            .expect_err("private member refused");
+        let long = Problem::new("ConfigMapConflict", "x".repeat(3000));
+        let invalid = Problem::new(
+            "InvalidStaticKeys",
+            format!("spec.sources[0].staticKeys: {refused}; not published"),
+        );
+        let outcome = published(&names, vec![long, invalid]);
+        let s = status(Some(1), None, &outcome, t0);
+        let told = events(None, &outcome, &s, "platform-jwks");
+        assert_eq!(told.len(), 3);
+        assert!(
+            told[0]
+                .note
+                .ends_with("namespace-ü-008, namespace-ü-009 and 390 more"),
+            "{}",
+            told[0].note
+        );
+        for event in &told {
+            assert!(event.note.len() <= EVENT_NOTE_LIMIT, "{}", event.note.len());
+            assert!(!event.note.contains("c2VjcmV0LWQ"), "{}", event.note);
+        }
+        assert!(told[1].note.ends_with('…'));
+        assert!(told[2].note.contains("contains private key members"));
     }
 
     #[test]

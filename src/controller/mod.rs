@@ -501,10 +501,7 @@ pub async fn run_scope(
         bundles.then(|| crate::bundle::bundle_stream(client.clone(), bundle_writer));
 
     let context = Arc::new(Context {
-        reporter: Reporter {
-            controller: "keyrotor".to_owned(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
+        reporter: reporter(),
         client,
         metrics,
         policies: policy_reader.clone(),
@@ -540,6 +537,14 @@ pub async fn run_scope(
             }
         })
         .await;
+}
+
+/// Who reports keyrotor's Events: the controller `keyrotor`, the instance its Pod.
+pub(crate) fn reporter() -> Reporter {
+    Reporter {
+        controller: "keyrotor".to_owned(),
+        instance: std::env::var("POD_NAME").ok(),
+    }
 }
 
 fn error_policy(policy: Arc<JwtSigningKey>, error: &Error, ctx: Arc<Context>) -> Action {

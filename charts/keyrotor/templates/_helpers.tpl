@@ -71,7 +71,8 @@ every namespace; with watchNamespaces the chart grants nothing cluster-wide).
 {{/*
 The rules the JwksBundle controller adds to the ClusterRole: the bundles themselves
 (patch: the cleanup finalizer), their status, and the Namespaces it publishes into.
-ConfigMaps in every namespace are already granted by the managed rules.
+ConfigMaps and Events in every namespace (a bundle's Events land in `default`) are
+already granted by the managed rules.
 */}}
 {{- define "keyrotor.bundleRules" -}}
 - apiGroups: ["keyrotor.dev"]
