@@ -795,6 +795,41 @@ async fn bundle_events_tell_publications_and_new_problems() {
     )
     .await;
 
+    // An unparsable namespaceSelector: a Warning, and nothing written, so the status
+    // keeps its keys and namespaces (and tells no Unpublished).
+    let before = bundle_status(&client, &bundle_name).await;
+    let mut broken = bundle(
+        &bundle_name,
+        json!([
+            { "namespace": auth.name(), "name": "api" },
+            { "namespace": auth.name(), "name": "absent" },
+        ]),
+        &label,
+    );
+    broken.spec.target.namespace_selector = serde_json::from_value(json!({
+        "matchExpressions": [{ "key": "keyrotor.dev/jwks", "operator": "Bogus" }],
+    }))
+    .expect("a label selector");
+    apply_bundle(&client, &broken).await;
+    let events = eventually(
+        "an InvalidSpec Warning",
+        Duration::from_secs(30),
+        || async {
+            let events = bundle_events(&client, &bundle_name).await;
+            let invalid = !of(&events, "Warning", "InvalidSpec").is_empty();
+            invalid.then_some(events)
+        },
+    )
+    .await;
+    let after = bundle_status(&client, &bundle_name).await;
+    assert_eq!(after["namespaces"], json!([second.name()]), "{after}");
+    assert_eq!(after["keys"], before["keys"], "{after}");
+    assert_eq!(of(&events, "Normal", "Unpublished").len(), 1, "{events:?}");
+    assert_eq!(
+        target_kids(&client, second.name()).await.map(|k| k.len()),
+        Some(2)
+    );
+
     delete_bundle(&client, &bundle_name).await;
     operator.assert_running();
     operator.assert_log_clean();
