@@ -422,24 +422,24 @@ fn scheduled_rotation_passes() -> Result<(), String> {
     Ok(())
 }
 
-fn recovery_after_deletion_is_explained() -> Result<(), String> {
+/// After `clean_start`: the Secret deleted at 3.0 and rebuilt at 3.1 with a fresh
+/// Active R (Recovery), a Next S and the `retired` keys.
+fn recovered(retired_kids: &[&'static str]) -> Script {
     let mut s = clean_start();
     let mut fresh = active("R", 0.0, 3.1);
     fresh.published = None;
     fresh.exception = Some(ActivationException::Recovery);
+    let mut ring = vec![fresh, next("S", None)];
+    ring.extend(retired_kids.iter().map(|kid| retired(kid)));
     s.action(3.0, ActionKind::SecretDeleted { policy: "p".into() })
         .delete_secret(3.0)
-        .secret(
-            3.1,
-            &[
-                fresh,
-                next("S", None),
-                retired("B"),
-                retired("C"),
-                retired("A"),
-            ],
-        )
-        .jwks(3.12, &["R", "S", "B", "C", "A"]);
+        .secret(3.1, &ring);
+    s
+}
+
+fn recovery_after_deletion_is_explained() -> Result<(), String> {
+    let mut s = recovered(&["B", "C", "A"]);
+    s.jwks(3.12, &["R", "S", "B", "C", "A"]);
     let f = s.check();
     expect_clean(&f)?;
     if !f.exceptions.iter().any(|e| e.kid == "R") {
@@ -476,14 +476,8 @@ fn recovery_failure(signed: f64) -> crate::participants::Failure {
 /// A Recovery whose JWKS write was held up (the operator killed between its Secret
 /// and JWKS writes): verifiers can know R only propagationDelay after its publication.
 fn delayed_recovery_publication_is_explained_for_propagation_delay() -> Result<(), String> {
-    let mut s = clean_start();
-    let mut fresh = active("R", 0.0, 3.1);
-    fresh.published = None;
-    fresh.exception = Some(ActivationException::Recovery);
-    s.action(3.0, ActionKind::SecretDeleted { policy: "p".into() })
-        .delete_secret(3.0)
-        .secret(3.1, &[fresh, next("S", None), retired("B"), retired("A")])
-        .jwks(4.0, &["R", "S", "B", "A"]);
+    let mut s = recovered(&["B", "A"]);
+    s.jwks(4.0, &["R", "S", "B", "A"]);
     let f = s.check();
     let explain = |signed: f64| {
         crate::scenario::explain(&recovery_failure(signed), &s.actions, &f.exceptions, 1.0)
