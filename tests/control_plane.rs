@@ -1,7 +1,7 @@
 //! The local control plane (tests/cluster/) really does what keyrotor relies on:
 //! CRDs with OpenAPI and CEL validation, garbage collection through ownerReferences,
-//! namespace deletion, ServiceAccount tokens from the TokenRequest API, RBAC, and an
-//! audit log of writes.
+//! namespace deletion, ServiceAccount tokens from the TokenRequest API, RBAC, an audit
+//! log of writes, and the preconditions of keyrotor's guarded writes.
 
 mod support;
 
@@ -12,8 +12,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use keyrotor::controller::write_guarded;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, Patch,
+    PatchParams, PostParams,
 };
 use kube::core::Status;
 use serde_json::json;
@@ -482,4 +484,85 @@ async fn audit_log_records_writes() {
         event.get("requestObject").is_none(),
         "Metadata level logs no object bodies"
     );
+}
+
+fn secret_holding(value: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some("guarded".to_string()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some([("ring".to_string(), value.to_string())].into()),
+        ..Secret::default()
+    }
+}
+
+/// keyrotor's guarded write fails with a conflict, instead of writing, when the object
+/// was created, changed or deleted after it was read. An apply that carries only the
+/// stale resourceVersion re-creates a deleted object: the last step shows the API server
+/// does that, which is why the guard carries the uid too.
+#[tokio::test]
+async fn guarded_write_fails_when_the_object_changed_or_was_deleted_since_it_was_read() {
+    let client = client().await;
+    let namespace = TestNamespace::new(&client, "guarded").await;
+    let secrets: Api<Secret> = namespace.api();
+
+    let created = write_guarded(&secrets, "guarded", None, secret_holding("one"))
+        .await
+        .expect("creating when nothing was read");
+    let again = write_guarded(&secrets, "guarded", None, secret_holding("two")).await;
+    assert_eq!(
+        api_error(again).code,
+        409,
+        "a create over an existing object"
+    );
+
+    let updated = write_guarded(
+        &secrets,
+        "guarded",
+        Some(&created.metadata),
+        secret_holding("two"),
+    )
+    .await
+    .expect("writing over the object as read");
+    let stale = write_guarded(
+        &secrets,
+        "guarded",
+        Some(&created.metadata),
+        secret_holding("three"),
+    )
+    .await;
+    assert_eq!(api_error(stale).code, 409, "a write over a changed object");
+
+    secrets
+        .delete("guarded", &DeleteParams::default())
+        .await
+        .expect("deleting the Secret");
+    let resurrecting = write_guarded(
+        &secrets,
+        "guarded",
+        Some(&updated.metadata),
+        secret_holding("three"),
+    )
+    .await;
+    assert_eq!(
+        api_error(resurrecting).code,
+        409,
+        "a write over a deleted object"
+    );
+    assert!(
+        is_gone(&secrets, "guarded").await,
+        "a guarded write re-created a deleted Secret"
+    );
+
+    let mut version_only = secret_holding("three");
+    version_only.metadata.resource_version = updated.metadata.resource_version.clone();
+    secrets
+        .patch(
+            "guarded",
+            &PatchParams::apply("control-plane-test").force(),
+            &Patch::Apply(&version_only),
+        )
+        .await
+        .expect("an apply guarded by resourceVersion alone re-creates the deleted Secret");
 }

@@ -709,7 +709,7 @@ async fn write_target_in(
             };
             if !plan::config_map_is_current(&existing, &desired) {
                 let mut desired = desired;
-                desired.metadata.resource_version = existing.metadata.resource_version.clone();
+                crate::controller::render::guard_on(&mut desired.metadata, &existing.metadata);
                 api.patch(
                     config_map_name,
                     &PatchParams::apply(FIELD_MANAGER).force(),

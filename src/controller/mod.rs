@@ -30,7 +30,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::{FutureExt, StreamExt, channel::mpsc};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -639,23 +639,28 @@ fn activates(plan: &Plan) -> bool {
         .any(|t| matches!(t, Transition::Activated { .. }))
 }
 
-/// Writes `desired` guarded by what was read: server-side apply with the read
-/// `resourceVersion` as precondition, or, when nothing was there, a create. An apply
-/// cannot be made conditional on absence, so two writers that both saw nothing (a
-/// second replica) would otherwise both "create", the later overwriting the earlier
-/// ring; the create makes the later one fail with a conflict and read again.
-async fn write_guarded<K>(
+/// Writes `desired` guarded by what was read (`read`, the object's metadata as read):
+/// server-side apply with the read `resourceVersion` and `uid` as preconditions, or,
+/// when nothing was there, a create. Either fails with a conflict if the object changed
+/// meanwhile, and the caller reads again:
+/// - an apply cannot be made conditional on absence, so two writers that both saw
+///   nothing (a second replica) would otherwise both "create", the later overwriting
+///   the earlier ring;
+/// - an apply with only a stale `resourceVersion` re-creates an object deleted since
+///   (a Secret deleted while its rotation was planned would come back holding the old
+///   ring); the `uid` makes it fail instead.
+pub async fn write_guarded<K>(
     api: &Api<K>,
     name: &str,
-    read_version: Option<String>,
+    read: Option<&ObjectMeta>,
     mut desired: K,
 ) -> Result<K, kube::Error>
 where
     K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    match read_version {
-        Some(version) => {
-            desired.meta_mut().resource_version = Some(version);
+    match read {
+        Some(read) => {
+            render::guard_on(desired.meta_mut(), read);
             api.patch(
                 name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -1017,12 +1022,9 @@ async fn reconcile_policy(
                     .as_ref()
                     .is_some_and(|existing| render::config_map_is_current(existing, &desired));
                 if !current_map {
-                    let read_version = existing_config_map
-                        .as_ref()
-                        .and_then(|c| c.metadata.resource_version.clone());
+                    let read = existing_config_map.as_ref().map(|c| &c.metadata);
                     let written =
-                        write_guarded(&config_maps, config_map_name, read_version, desired)
-                            .await?;
+                        write_guarded(&config_maps, config_map_name, read, desired).await?;
                     ctx.metrics.api_write("configmap");
                     ctx.own_config_maps.record(&written.metadata);
                     debug!(policy = %name, configmap = %config_map_name, "JWKS written");
@@ -1210,10 +1212,8 @@ async fn apply_secret(
             return Ok(None);
         }
     }
-    let read_version = existing
-        .as_ref()
-        .and_then(|s| s.metadata.resource_version.clone());
-    let mut written = write_guarded(secrets, &resolved.secret_name, read_version, desired)
+    let read = existing.as_ref().map(|s| &s.metadata);
+    let mut written = write_guarded(secrets, &resolved.secret_name, read, desired)
         .await
         .map_err(|e| secret_write_error(&resolved.secret_name, e))?;
     ctx.metrics.api_write("secret");
@@ -1226,14 +1226,10 @@ async fn apply_secret(
         plan = plan.landed_at(landed);
         let data = secret::secret_data(&plan.ring, resolved.certificate)?;
         let restamped = render::secret(policy, &resolved.secret_name, resolved.certificate, data);
-        written = write_guarded(
-            secrets,
-            &resolved.secret_name,
-            written.metadata.resource_version.clone(),
-            restamped,
-        )
-        .await
-        .map_err(|e| secret_write_error(&resolved.secret_name, e))?;
+        let read = written.metadata.clone();
+        written = write_guarded(secrets, &resolved.secret_name, Some(&read), restamped)
+            .await
+            .map_err(|e| secret_write_error(&resolved.secret_name, e))?;
         ctx.metrics.api_write("secret");
         ctx.own_secrets.record(&written.metadata);
         debug!(policy = %name, secret = %resolved.secret_name, "Secret restamped after a slow write");
@@ -1296,7 +1292,7 @@ async fn leave_old_targets(
         let owners = members.into_values().map(|(_, owner)| owner).collect();
         let mut desired = render::config_map(namespace, &old, &jwks_key, &merged, owners);
         if !render::config_map_is_current(&existing, &desired) {
-            desired.metadata.resource_version = existing.metadata.resource_version.clone();
+            render::guard_on(&mut desired.metadata, &existing.metadata);
             let written = config_maps
                 .patch(
                     &old,

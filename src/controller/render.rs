@@ -159,6 +159,14 @@ fn map_contains<V: PartialEq>(
     })
 }
 
+/// Makes an apply of `desired` a guarded write of the object `read`: the API server
+/// refuses it with a conflict if the object changed (`resourceVersion`) or was deleted
+/// (`uid`) since. With the `resourceVersion` alone, an apply re-creates a deleted object.
+pub fn guard_on(desired: &mut ObjectMeta, read: &ObjectMeta) {
+    desired.resource_version = read.resource_version.clone();
+    desired.uid = read.uid.clone();
+}
+
 /// Whether a Secret or ConfigMap carries keyrotor's label (so keyrotor may write it).
 pub fn is_managed(meta: &ObjectMeta) -> bool {
     meta.labels
