@@ -61,6 +61,16 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether the rotate request is one the stored ring has not honoured yet (a lost
+    /// or unreadable ring has honoured none).
+    pub fn requests_rotation_of(&self, ring: &StoredRing) -> bool {
+        self.rotate_request.is_some()
+            && match ring {
+                StoredRing::Present(ring) => self.rotate_request != ring.last_rotate_request,
+                StoredRing::Missing | StoredRing::Corrupt(_) => true,
+            }
+    }
+
     /// How long a Retired key stays published: `propagationDelay + maxTokenLifetime`.
     pub fn retention(&self) -> TimeDelta {
         sum(self.propagation_delay, self.max_token_lifetime)

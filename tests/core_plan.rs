@@ -146,6 +146,31 @@ fn rotate_request_rotates_once_and_still_prepublishes() {
     assert_eq!(activated(&done)[0].1, ActivationCause::Request);
 }
 
+/// `requests_rotation_of` decides when the controller confirms a request with a fresh
+/// read of the policy: any value the ring has not honoured, an older one from a watch
+/// cache that is behind included, looks new.
+#[test]
+fn a_request_the_ring_has_not_honoured_looks_new_even_when_it_is_older() {
+    let mut world = World::new(policy(), 1, 5, t0());
+    reconcile(&mut world, t0());
+    reconcile(&mut world, t0() + TimeDelta::seconds(1));
+    world.policy.rotate_request = Some("second".into());
+    let honoured = reconcile(&mut world, t0() + hours(1));
+    assert_eq!(activated(&honoured)[0].1, ActivationCause::Request);
+    let stored = StoredRing::Present(honoured.ring);
+    let with_request = |request: Option<&str>| {
+        let mut p = policy();
+        p.rotate_request = request.map(str::to_owned);
+        p
+    };
+    assert!(!with_request(Some("second")).requests_rotation_of(&stored));
+    assert!(!with_request(None).requests_rotation_of(&stored));
+    assert!(with_request(Some("third")).requests_rotation_of(&stored));
+    assert!(with_request(Some("first")).requests_rotation_of(&stored));
+    assert!(with_request(Some("first")).requests_rotation_of(&StoredRing::Missing));
+    assert!(!with_request(None).requests_rotation_of(&StoredRing::Missing));
+}
+
 #[test]
 fn rotate_request_present_at_creation_is_not_a_rotation() {
     let mut p = policy();

@@ -881,7 +881,17 @@ async fn reconcile_policy(
             .flat_map(|s| s.keys.iter().map(|k| k.kid.clone()))
             .collect(),
     };
-    let planner_policy = core_policy(resolved, policy, namespace, name);
+    let mut planner_policy = core_policy(resolved, policy, namespace, name);
+    if planner_policy.requests_rotation_of(&stored) {
+        // The watch cache may be behind a request that another writer (a second replica)
+        // has honoured since: its older value would look new and rotate once more. The
+        // policy read after the Secret holds the request the ring honoured, or a newer one.
+        let policies: Api<JwtSigningKey> = Api::namespaced(ctx.client.clone(), namespace);
+        let Some(fresh) = policies.get_opt(name).await? else {
+            return Ok(Action::await_change());
+        };
+        planner_policy.rotate_request = fresh.annotations().get(ROTATE_REQUEST_ANNOTATION).cloned();
+    }
     let generator = ctx.generator.clone();
     let planned = {
         let (planner_policy, observed) = (planner_policy.clone(), observed.clone());
