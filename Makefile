@@ -90,6 +90,7 @@ TEST_STEPS += check-crds
 e2e:
 	eval "$$(tests/e2e/deps)" && KEYROTOR_E2E=1 $(CARGO) test --test e2e
 
+TEST_STEPS += e2e
 .PHONY: e2e
 
 # --- the bench ------------------------------------------------------------------------
