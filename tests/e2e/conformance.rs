@@ -25,6 +25,37 @@ impl Conformance {
     }
 }
 
+/// Invariant 8, the Active key first, judged against the rings a document's writer can
+/// have planned on: any Secret version current since the document before. The JWKS
+/// write is guarded by that document's version only, so with two writers one may render
+/// a ring one rotation behind; a renderer that never puts the new Active first is still
+/// caught, one document later.
+#[derive(Default)]
+pub struct ActiveFirst {
+    active: Option<String>,
+    since_last_document: BTreeSet<String>,
+}
+
+impl ActiveFirst {
+    /// A Secret version, with the kid it names Active.
+    pub fn secret(&mut self, active: Option<String>) {
+        self.since_last_document.extend(active.clone());
+        self.active = active;
+    }
+
+    /// Whether a document (its kids in order) holds the Active key but puts first a key
+    /// that no ring current since the document before had Active. Every document starts
+    /// a new window.
+    pub fn broken_by(&mut self, kids: &[String]) -> bool {
+        let planned_on = std::mem::replace(
+            &mut self.since_last_document,
+            self.active.iter().cloned().collect(),
+        );
+        self.active.as_ref().is_some_and(|a| kids.contains(a))
+            && kids.first().is_none_or(|first| !planned_on.contains(first))
+    }
+}
+
 pub async fn check(
     observations: &[Observation],
     secret_name: &str,
@@ -38,11 +69,14 @@ pub async fn check(
     let mut ordered: Vec<&Observation> = observations.iter().collect();
     ordered.sort_by_key(|o| o.rv);
     let mut seen = BTreeSet::new();
-    let mut active: Option<String> = None;
+    let mut active_first = ActiveFirst::default();
     for observation in ordered {
         match &observation.change {
-            Change::Secret(Some(s)) if observation.name == secret_name => active = s.kid.clone(),
+            Change::Secret(Some(s)) if observation.name == secret_name => {
+                active_first.secret(s.kid.clone());
+            }
             Change::ConfigMap(Some(doc)) if observation.name == config_map_name => {
+                let active_not_first = active_first.broken_by(&doc.kids);
                 let Some(text) = &doc.text else {
                     result.problem("ConfigMap without the JWKS key".into());
                     continue;
@@ -52,10 +86,7 @@ pub async fn check(
                 }
                 // Invariant 8: Active first (when the document has it at all; a missing
                 // Active key is the checker's invariant 1).
-                if let Some(active) = &active
-                    && doc.contains(active)
-                    && doc.kids.first() != Some(active)
-                {
+                if active_not_first {
                     result.problem("the Active key is not the first key".into());
                 }
                 if let Some(e) = &doc.parse_error {

@@ -8,6 +8,7 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use keyrotor::ring::{ActivationException, KeyState};
 
 use crate::checker::{self, Cause, Findings};
+use crate::conformance::ActiveFirst;
 use crate::model::{
     Action, ActionKind, Change, JwksView, KeyFacts, Observation, PolicyTiming, SecretView, Time,
 };
@@ -589,6 +590,41 @@ fn delays_only_move_forward() -> Result<(), String> {
     Ok(())
 }
 
+fn kids(list: &[&str]) -> Vec<String> {
+    list.iter().map(|k| k.to_string()).collect()
+}
+
+fn stale_writer_may_put_the_old_active_first() -> Result<(), String> {
+    let mut rule = ActiveFirst::default();
+    rule.secret(Some("A".into()));
+    let mut broken = vec![rule.broken_by(&kids(&["A", "B"]))];
+    // The other writer rotates; this one, planned on the ring before, writes its JWKS.
+    rule.secret(Some("B".into()));
+    broken.push(rule.broken_by(&kids(&["A", "B"])));
+    broken.push(rule.broken_by(&kids(&["B", "C", "A"])));
+    if broken.iter().any(|b| *b) {
+        return Err(format!("expected every document to pass, got {broken:?}"));
+    }
+    Ok(())
+}
+
+fn old_active_kept_first_is_caught() -> Result<(), String> {
+    let mut rule = ActiveFirst::default();
+    rule.secret(Some("A".into()));
+    rule.broken_by(&kids(&["A", "B"]));
+    rule.secret(Some("B".into()));
+    let first_after = rule.broken_by(&kids(&["A", "B"]));
+    let next_after = rule.broken_by(&kids(&["A", "B", "C"]));
+    rule.secret(Some("C".into()));
+    let never_active_first = rule.broken_by(&kids(&["D", "C", "B"]));
+    if first_after || !next_after || !never_active_first {
+        return Err(format!(
+            "expected pass, caught, caught; got {first_after}, {next_after}, {never_active_first}"
+        ));
+    }
+    Ok(())
+}
+
 fn durations_parse() -> Result<(), String> {
     for (text, want) in [("1s", 1.0), ("10s", 10.0), ("1m30s", 90.0), ("2h", 7200.0)] {
         if seconds_of(text) != Ok(want) {
@@ -607,7 +643,7 @@ type SelfTest = fn() -> Result<(), String>;
 
 /// Runs every self-test; prints one line each and a closing tally.
 pub fn run() -> bool {
-    let tests: [(&str, SelfTest); 18] = [
+    let tests: [(&str, SelfTest); 20] = [
         ("checker: a clean history passes", clean_history_passes),
         (
             "checker: activation before propagationDelay is invariant 2",
@@ -674,6 +710,14 @@ pub fn run() -> bool {
             delays_only_move_forward,
         ),
         ("scenario: durations parse", durations_parse),
+        (
+            "conformance: a writer one rotation behind may put the old Active first",
+            stale_writer_may_put_the_old_active_first,
+        ),
+        (
+            "conformance: a document that keeps the old Active first is caught",
+            old_active_kept_first_is_caught,
+        ),
     ];
     let mut failed = 0;
     for (name, test) in tests {
