@@ -64,11 +64,15 @@ impl Policy {
     /// Whether the rotate request is one the stored ring has not honoured yet (a lost
     /// or unreadable ring has honoured none).
     pub fn requests_rotation_of(&self, ring: &StoredRing) -> bool {
-        self.rotate_request.is_some()
-            && match ring {
-                StoredRing::Present(ring) => self.rotate_request != ring.last_rotate_request,
-                StoredRing::Missing | StoredRing::Corrupt(_) => true,
-            }
+        match ring {
+            StoredRing::Present(ring) => self.requests_rotation_after(&ring.last_rotate_request),
+            StoredRing::Missing | StoredRing::Corrupt(_) => self.rotate_request.is_some(),
+        }
+    }
+
+    /// Whether the rotate request differs from `honoured`, the last one a ring honoured.
+    fn requests_rotation_after(&self, honoured: &Option<String>) -> bool {
+        self.rotate_request.is_some() && self.rotate_request != *honoured
     }
 
     /// How long a Retired key stays published: `propagationDelay + maxTokenLifetime`.
@@ -762,8 +766,8 @@ impl Planner<'_> {
     }
 
     fn rotate_requested(&self, ring: &Ring) -> bool {
-        self.policy.rotate_request.is_some()
-            && self.policy.rotate_request != ring.last_rotate_request
+        self.policy
+            .requests_rotation_after(&ring.last_rotate_request)
     }
 
     fn maybe_rotate(&mut self, ring: &mut Ring) {

@@ -507,44 +507,31 @@ async fn guarded_write_fails_when_the_object_changed_or_was_deleted_since_it_was
     let namespace = TestNamespace::new(&client, "guarded").await;
     let secrets: Api<Secret> = namespace.api();
 
-    let created = write_guarded(&secrets, "guarded", None, secret_holding("one"))
+    let write = |read: Option<ObjectMeta>, value: &'static str| {
+        let secrets = secrets.clone();
+        async move { write_guarded(&secrets, "guarded", read.as_ref(), secret_holding(value)).await }
+    };
+    let created = write(None, "one")
         .await
         .expect("creating when nothing was read");
-    let again = write_guarded(&secrets, "guarded", None, secret_holding("two")).await;
+    let again = write(None, "two").await;
     assert_eq!(
         api_error(again).code,
         409,
         "a create over an existing object"
     );
 
-    let updated = write_guarded(
-        &secrets,
-        "guarded",
-        Some(&created.metadata),
-        secret_holding("two"),
-    )
-    .await
-    .expect("writing over the object as read");
-    let stale = write_guarded(
-        &secrets,
-        "guarded",
-        Some(&created.metadata),
-        secret_holding("three"),
-    )
-    .await;
+    let updated = write(Some(created.metadata.clone()), "two")
+        .await
+        .expect("writing over the object as read");
+    let stale = write(Some(created.metadata), "three").await;
     assert_eq!(api_error(stale).code, 409, "a write over a changed object");
 
     secrets
         .delete("guarded", &DeleteParams::default())
         .await
         .expect("deleting the Secret");
-    let resurrecting = write_guarded(
-        &secrets,
-        "guarded",
-        Some(&updated.metadata),
-        secret_holding("three"),
-    )
-    .await;
+    let resurrecting = write(Some(updated.metadata.clone()), "three").await;
     assert_eq!(
         api_error(resurrecting).code,
         409,
